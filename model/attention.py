@@ -1,0 +1,65 @@
+"""Grouped-query attention: MHA (n_kv_heads == n_heads), GQA, and MQA (n_kv_heads == 1) in one module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig
+from model.kv_cache import KVCache
+from model.rope import apply_rope
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv_heads, T, D) -> (B, n_kv_heads * n_rep, T, D); query head h reads kv head h // n_rep."""
+    if n_rep == 1:
+        return x
+    B, n_kv, T, D = x.shape
+    return x[:, :, None].expand(B, n_kv, n_rep, T, D).reshape(B, n_kv * n_rep, T, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.dropout = cfg.dropout
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)  # residual output projection
+        self.kv_cache: KVCache | None = None  # set by Transformer.setup_cache for generation only
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, dim) at `positions` (T,). With a KV cache, `mask` says which of the first `kv_len`
+        cached keys each query sees; without one, attention is causal over the T inputs."""
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        n_rep = self.n_heads // self.n_kv_heads
+        dropout_p = self.dropout if self.training else 0.0
+        if self.kv_cache is None:
+            # Queries and keys are the same T tokens, so the plain causal mask is exact.
+            y = F.scaled_dot_product_attention(
+                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), is_causal=True, dropout_p=dropout_p
+            )
+        else:
+            # Never is_causal here: with T queries against kv_len keys the causal corner would be wrong.
+            k, v = self.kv_cache.update(positions, k, v)  # (B, n_kv_heads, max_len, head_dim)
+            k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+            y = F.scaled_dot_product_attention(
+                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, dropout_p=dropout_p
+            )
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads * head_dim)
+        return self.wo(y)

@@ -1,0 +1,72 @@
+"""Model hyperparameters, named as in the Meta Llama reference, and the values derived from them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a Llama-style transformer. Derived sizes are properties, never configured twice."""
+
+    dim: int = 256  # width of the residual stream
+    n_layers: int = 4  # number of transformer blocks
+    n_heads: int = 8  # query heads; head_dim = dim // n_heads
+    n_kv_heads: int | None = None  # key/value heads: n_heads = MHA, 1 = MQA, between = GQA; None means n_heads
+    vocab_size: int = 4096  # rows of the embedding table; must be >= the tokenizer's vocabulary
+    multiple_of: int = 256  # SwiGLU hidden width is rounded up to a multiple of this
+    ffn_dim_multiplier: float | None = None  # scales the default SwiGLU width (Llama 3 uses 1.3)
+    ffn_hidden_dim: int | None = None  # explicit SwiGLU width; overrides the two keys above
+    norm_eps: float = 1e-5  # epsilon inside RMSNorm
+    rope_theta: float = 10000.0  # RoPE base frequency (Llama 3 uses 500000)
+    max_seq_len: int = 2048  # longest sequence the RoPE tables and the KV cache cover
+    tie_embeddings: bool = False  # share the token embedding with the output head
+    dropout: float = 0.0  # dropout on attention weights and residual branches (training only)
+    init_std: float = 0.02  # std of the normal init; residual output projections get std / sqrt(2 * n_layers)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU width: 2/3 of 4*dim (same parameter count as a 4x GELU MLP), scaled, rounded up."""
+        if self.ffn_hidden_dim is not None:
+            return self.ffn_hidden_dim
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range or inconsistent."""
+        for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_kv_heads is not None and self.n_kv_heads <= 0:
+            raise ValueError(f"n_kv_heads must be positive, got {self.n_kv_heads}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE")
+        if self.ffn_hidden_dim is not None and self.ffn_dim_multiplier is not None:
+            raise ValueError("set ffn_hidden_dim or ffn_dim_multiplier, not both")
+        if self.ffn_hidden_dim is not None and self.ffn_hidden_dim <= 0:
+            raise ValueError(f"ffn_hidden_dim must be positive, got {self.ffn_hidden_dim}")
+        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
+            raise ValueError(f"ffn_dim_multiplier must be positive, got {self.ffn_dim_multiplier}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std}")

@@ -1,0 +1,45 @@
+"""Rotary position embeddings (Su et al., 2021) in the Meta Llama convention.
+
+Convention: channel pairs are adjacent, (x[2i], x[2i+1]) is rotated by angle pos * theta^(-2i/head_dim).
+Hugging Face's Llama pairs x[i] with x[i + head_dim/2] instead; scripts/convert_hf.py permutes the wq/wk rows
+between the two layouts, so nothing here depends on it.
+"""
+
+import torch
+from torch import nn
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of shape (max_seq_len, head_dim // 2), in fp32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+class RotaryEmbedding(nn.Module):
+    """Holds the cos/sin tables as non-persistent buffers (rebuilt, never saved in checkpoints)."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        cos, sin = rope_tables(head_dim, max_seq_len, theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def reset_parameters(self) -> None:
+        """Recompute the tables in place (needed after building the model on the meta device)."""
+        cos, sin = rope_tables(self.head_dim, self.max_seq_len, self.theta)
+        self.cos = cos.to(self.cos.device)
+        self.sin = sin.to(self.sin.device)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for the given positions: (T,) -> two (T, head_dim // 2) tensors."""
+        return self.cos[positions], self.sin[positions]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x of shape (B, n_heads, T, head_dim) by per-position angles; computed in fp32."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, H, T, head_dim/2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
