@@ -1,0 +1,1 @@
+"""Data preparation: read document sources, tokenize them in parallel, write token shards and a manifest."""
