@@ -40,7 +40,8 @@ class Attention(nn.Module):
         kv_len: int | None = None,
     ) -> torch.Tensor:
         """x: (B, T, dim) at `positions` (T,). With a KV cache, `mask` says which of the first `kv_len`
-        cached keys each query sees; without one, attention is causal over the T inputs."""
+        cached keys each query sees; without one, attention is over the T inputs, causal when `mask` is None,
+        else exactly as `mask` (B, 1, T, T) allows (causal and padding combined by the caller)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
@@ -50,9 +51,10 @@ class Attention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         dropout_p = self.dropout if self.training else 0.0
         if self.kv_cache is None:
-            # Queries and keys are the same T tokens, so the plain causal mask is exact.
+            # Queries and keys are the same T tokens, so the plain causal mask is exact (a given mask adds padding).
             y = F.scaled_dot_product_attention(
-                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), is_causal=True, dropout_p=dropout_p
+                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, is_causal=mask is None,
+                dropout_p=dropout_p,
             )
         else:
             # Never is_causal here: with T queries against kv_len keys the causal corner would be wrong.

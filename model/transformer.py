@@ -108,9 +108,10 @@ class Transformer(nn.Module):
         the same call does prefill (T > 1) and decode (T == 1): keys/values are written at their positions and
         each query attends to cached keys at or before its own position. An int start_pos attends to the
         first start_pos + T cache slots; a tensor start_pos (for compiled decode) attends to the whole cache
-        with masked slots. key_mask (B, cache_len), optional, hides cache slots per row (left padding).
+        with masked slots. key_mask, optional, hides key positions per row (left padding): (B, cache_len)
+        with a cache, (B, T) without one. Padding queries see no key; their logits are meaningless.
         """
-        B, T = tokens.shape
+        T = tokens.shape[1]
         cache_len = self.cache_len
         limit = self.cfg.max_seq_len if cache_len is None else cache_len
         if isinstance(start_pos, int) and start_pos + T > limit:
@@ -125,6 +126,10 @@ class Transformer(nn.Module):
             mask = key_pos[None, :] <= positions[:, None]  # (T, kv_len): explicit causal mask over the cache
             if key_mask is not None:
                 mask = mask[None, None] & key_mask[:, None, None, :kv_len]  # (B, 1, T, kv_len)
+        elif key_mask is not None:
+            # Without a cache the attention is causal over the T inputs; padding must be masked explicitly too.
+            causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+            mask = causal[None, None] & key_mask[:, None, None, :T]  # (B, 1, T, T)
 
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
