@@ -20,6 +20,7 @@ saving never leaves a half-written checkpoint under its final name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -89,10 +90,7 @@ def save_weights(directory: str | Path, model: torch.nn.Module, cfg: Config) -> 
 def load_weights_into(model: Transformer, ckpt_dir: str | Path) -> None:
     """Load model.safetensors into a model of the matching shape (strict, up to the tied head)."""
     path = Path(ckpt_dir) / WEIGHTS
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+    state = read_weights(ckpt_dir)
     if model.cfg.tie_embeddings:
         state.setdefault("output.weight", state["tok_embeddings.weight"])
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -163,3 +161,75 @@ def save_model_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Co
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
     return Path(directory)
+
+
+# ---- training checkpoints ----------------------------------------------------------------------------------
+
+STATE = "trainer_state.pt"
+META = "meta.json"
+BEST = "best"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def save_training_checkpoint(
+    out_dir: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    cfg: Config,
+    trainer_state: dict,
+    tokenizer_dir: Path | None,
+    val_loss: float | None,
+    keep_last: int,
+) -> Path:
+    """Write checkpoints/step_NNNNNNN atomically, point `latest` at it, and prune old ones.
+
+    Kept: the newest `keep_last` step checkpoints plus the one with the lowest validation loss (`best`).
+    """
+    ckpts = Path(out_dir) / "checkpoints"
+    final = ckpts / step_dir_name(step)
+    with atomic_directory(final) as tmp:
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        cfg.save(tmp / CONFIG)
+        torch.save(trainer_state, tmp / STATE)
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
+        (tmp / META).write_text(json.dumps({"step": step, "val_loss": val_loss}))
+    write_text_atomic(ckpts / LATEST, final.name)
+    _prune(ckpts, keep_last)
+    return final
+
+
+def _prune(ckpts: Path, keep_last: int) -> None:
+    done = sorted(p for p in ckpts.glob("step_*") if (p / META).is_file())
+    scored = [(json.loads((p / META).read_text())["val_loss"], p) for p in done]
+    scored = [(v, p) for v, p in scored if v is not None]
+    keep = set(done[-keep_last:])
+    if scored:
+        best = min(scored)[1]
+        keep.add(best)
+        write_text_atomic(ckpts / BEST, best.name)
+    for path in done:
+        if path not in keep:
+            shutil.rmtree(path)
+    for stale in ckpts.glob(".tmp-*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_training_state(ckpt_dir: Path) -> dict:
+    """The trainer state saved beside the weights (plain tensors and containers; weights_only=True)."""
+    path = Path(ckpt_dir) / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir} has no {STATE}: it holds weights only and cannot resume training")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors as a CPU state dict."""
+    path = Path(ckpt_dir) / WEIGHTS
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for truncated or foreign files
+        raise CheckpointError(f"cannot read {path}: {e}") from None

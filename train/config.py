@@ -27,9 +27,11 @@ from train.errors import ConfigError
 class DataConfig:
     """Where the training text comes from and where its tokenized form lives."""
 
-    sources: list[str] = field(default_factory=lambda: ["builtin:python-stdlib"])  # files, dirs, globs, hf:NAME, builtin:python-stdlib
+    # files, directories, globs, hf:NAME[:CONFIG][@SPLIT], or builtin:python-stdlib
+    sources: list[str] = field(default_factory=lambda: ["builtin:python-stdlib"])
     dataset_dir: str | None = None  # prepared shards + manifest.json; None: datasets/<config name>
-    tokenizer_dir: str | None = None  # SentencePiece model; None: <dataset_dir>/tokenizer (trained with model.vocab_size if missing)
+    # SentencePiece model directory; None: <dataset_dir>/tokenizer, trained with model.vocab_size when missing
+    tokenizer_dir: str | None = None
     text_field: str = "text"  # field holding the text in .jsonl / .parquet sources
     val_fraction: float = 0.005  # fraction of documents held out for validation (chosen per document, deterministic)
     workers: int = 0  # tokenization processes; 0 means all cores
@@ -47,7 +49,8 @@ class TrainConfig:
     batch_size: int = 32  # global batch in sequences per optimizer step (all ranks, all micro batches)
     micro_batch_size: int = 8  # sequences per forward pass on one rank; accumulation steps are derived
     seq_len: int = 256  # tokens per training sequence (<= model.max_seq_len)
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 1000  # optimizer steps; the LR schedule spans them
+    stop_at_step: int | None = None  # save and exit after this step (split a long run into shorter jobs)
     eval_interval: int = 200  # evaluate every N steps (and at the end)
     eval_batches: int = 20  # validation micro batches per evaluation
     save_interval: int = 500  # checkpoint every N steps (and at the end)
@@ -117,6 +120,8 @@ class Config:
                     "save_interval", "keep_last", "max_bad_steps", "log_interval"):
             if getattr(t, key) <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+        if t.stop_at_step is not None and t.stop_at_step <= 0:
+            raise ConfigError(f"train.stop_at_step must be positive, got {t.stop_at_step}")
         if t.sample_tokens < 0:
             raise ConfigError(f"train.sample_tokens must be >= 0, got {t.sample_tokens}")
         if t.seq_len > self.model.max_seq_len:
@@ -274,7 +279,8 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 def _unknown_key(key: str) -> ConfigError:
     valid = _all_keys(Config) + [f.name for f in dataclasses.fields(Config)]
     leaf = key.rsplit(".", 1)[-1]
-    guesses = [k for k in valid if k.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    guesses = [k for k in valid if k.rsplit(".", 1)[-1] == leaf]
+    guesses = guesses or difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" (did you mean '{guesses[0]}'?)" if guesses else ""
     return ConfigError(f"unknown config key '{key}'{hint}")
 

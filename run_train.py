@@ -1,0 +1,49 @@
+"""Train a model: python run_train.py --config configs/NAME.yaml [section.key=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train a Llama-style model from a YAML config.",
+        epilog="Overrides use dotted keys typed as YAML, e.g. train.max_steps=200 optim.lr=3e-4 model.n_kv_heads=2",
+    )
+    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+
+    import logging
+    import os
+
+    from train.config import load_config
+    from train.errors import UserError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        from train.trainer import TrainingStopped, train
+
+        result = train(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.interrupted is not None:
+        return 128 + result.interrupted
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
