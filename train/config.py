@@ -178,7 +178,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
@@ -191,11 +191,16 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads `3e-4` as a float (YAML 1.1 wants `3.0e-4`, which nobody writes)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes the strings _Loader reads as floats, so a saved '1e5' reloads as a string."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -232,7 +237,7 @@ def load_yaml_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     if bases is None:
         return raw
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases if isinstance(bases, list) else [bases]:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: base must be a path or a list of paths, got {base!r}")
         merged = _deep_merge(merged, load_yaml_tree(path.parent / base, (*_chain, resolved)))
@@ -254,7 +259,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         node = raw
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section (`train:` with every key commented out)
+                node[part] = {}
+            child = node[part]
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
