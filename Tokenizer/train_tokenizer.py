@@ -1,0 +1,208 @@
+"""Train the project's SentencePiece BPE tokenizer on a bounded sample of text.
+
+    python Tokenizer/train_tokenizer.py --input SOURCES... --vocab-size N --out DIR [--sample-mb M] [--text-field text]
+
+Reading stops after `sample_mb` of text, so memory stays bounded whatever the corpus size; the sample is the
+first `sample_mb` of the stream, so put the sources in the order you want sampled. The model keeps text exactly
+as it is (identity normalization, no dummy prefix, spaces kept, digits split one by one, bytes as fallback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import sentencepiece as spm
+from tqdm import tqdm
+
+from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
+from train.errors import ConfigError, DataError, UserError
+
+META_FILE = "meta.json"
+N_SPECIAL = 4  # unk, bos, eos, pad
+MIN_VOCAB_SIZE = N_SPECIAL + 256 + 64  # specials + one piece per byte + room for characters and merges
+# SentencePiece drops training sentences longer than max_sentence_length bytes; longer documents are cut into
+# pieces of at most this size instead, so no text is lost from the sample.
+MAX_SENTENCE_BYTES = 16384
+MB = 1_000_000
+
+
+def split_document(text: str, max_bytes: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
+    """Pieces of `text` of at most `max_bytes` UTF-8 bytes, cut after a newline where one is near, never inside
+    a character."""
+    data = text.encode("utf-8", errors="replace")  # a lone surrogate cannot reach SentencePiece anyway
+    start = 0
+    while len(data) - start > max_bytes:
+        end = start + max_bytes
+        newline = data.rfind(b"\n", start + max_bytes // 2, end)
+        if newline != -1:
+            end = newline + 1
+        else:
+            while end > start and data[end] & 0xC0 == 0x80:  # a continuation byte: back off to a character start
+                end -= 1
+            if end == start:  # max_bytes < 4 and one character is longer: take that character whole
+                end += 1
+                while data[end] & 0xC0 == 0x80:
+                    end += 1
+        yield data[start:end].decode("utf-8")
+        start = end
+    if start < len(data):
+        yield data[start:].decode("utf-8")
+
+
+def sample_texts(texts: Iterable[str], max_bytes: int, progress: bool = True) -> tuple[list[str], int]:
+    """Read `texts` until `max_bytes` of UTF-8 are collected (no further item is requested after that); returns
+    (training sentences, bytes sampled). The last document is cut at the budget."""
+    sentences: list[str] = []
+    total = 0
+    with tqdm(total=max_bytes, unit="B", unit_scale=True, desc="sampling text", disable=not progress) as bar:
+        for text in texts:
+            for piece in split_document(text):
+                size = len(piece.encode("utf-8"))
+                if total + size > max_bytes:
+                    piece = next(split_document(piece, max_bytes - total))
+                    size = len(piece.encode("utf-8"))
+                    if total + size > max_bytes:  # a single character larger than what is left
+                        return sentences, total
+                sentences.append(piece)
+                total += size
+                bar.update(size)
+                if total >= max_bytes:
+                    return sentences, total
+    return sentences, total
+
+
+def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: bool) -> bytes:
+    spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,  # any character, even one never seen in training, encodes as bytes: no <unk>
+        split_digits=True,  # numbers become digit sequences, which helps arithmetic
+        normalization_rule_name="identity",  # no NFKC: decode(encode(x)) == x
+        add_dummy_prefix=False,  # no invisible space in front of every text
+        remove_extra_whitespaces=False,  # keep leading, trailing and repeated spaces (code indentation)
+        allow_whitespace_only_pieces=True,  # runs of spaces can become single pieces
+        character_coverage=0.9995,  # the rarest characters fall back to bytes instead of taking vocab slots
+        max_sentence_length=MAX_SENTENCE_BYTES,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=1 if progress else 2,  # SentencePiece's INFO log is long; keep its warnings when asked
+    )
+    return model.getvalue()
+
+
+def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write `files` into a temporary sibling of out_dir and rename it into place, replacing an older tokenizer."""
+    if out_dir.exists():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in files)
+        if foreign:
+            raise DataError(f"{out_dir} exists and holds files that are not a tokenizer ({', '.join(foreign[:3])}); "
+                            "choose a new or empty directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{out_dir.name}-", dir=out_dir.parent))
+            out_dir.rename(old / out_dir.name)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | Path,
+    sample_mb: float = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> Tokenizer:
+    """Train a byte-fallback SentencePiece BPE model on the first `sample_mb` MB of `texts` and write it to
+    out_dir/tokenizer.model (plus meta.json) atomically; returns the loaded Tokenizer."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(
+            f"vocab_size {vocab_size} is too small: byte fallback takes {N_SPECIAL} special ids + 256 byte pieces, "
+            f"and characters and merges need room too; use at least {MIN_VOCAB_SIZE}"
+        )
+    if sample_mb <= 0:
+        raise ConfigError(f"sample_mb must be positive, got {sample_mb}")
+    sentences, n_bytes = sample_texts(texts, int(sample_mb * MB), progress)
+    if n_bytes == 0:
+        raise DataError("no text to train the tokenizer on: the sources yielded only empty documents")
+    if progress:
+        print(f"training a {vocab_size}-token BPE tokenizer on {n_bytes / MB:.1f} MB of text", file=sys.stderr)
+    try:
+        model = _train_model(sentences, vocab_size, seed, progress)
+    except RuntimeError as e:  # SentencePiece reports impossible settings (vocab too big/small for the text) so
+        reason = str(e).rsplit("] ", 1)[-1]  # drop the C++ source location in front of the message
+        raise DataError(f"cannot train a {vocab_size}-token tokenizer on {n_bytes / MB:.2f} MB of text: {reason}") \
+            from None
+    meta = {
+        "vocab_size": vocab_size,
+        "model_type": "bpe",
+        "special_ids": {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID},
+        "sample_bytes": n_bytes,
+        "sample_sentences": len(sentences),
+        "seed": seed,
+        "sentencepiece_version": spm.__version__,
+    }
+    out_dir = Path(out_dir)
+    _write_atomically(out_dir, {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode()})
+    return Tokenizer.load(out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (2 for bad input)."""
+    parser = argparse.ArgumentParser(description="Train the SentencePiece BPE tokenizer on a sample of text.")
+    parser.add_argument("--input", nargs="+", required=True, metavar="SOURCE",
+                        help="files, directories, globs, hf:NAME[:CONFIG][@SPLIT] or builtin:python-stdlib")
+    parser.add_argument("--vocab-size", type=int, required=True, help=f"number of token ids (>= {MIN_VOCAB_SIZE})")
+    parser.add_argument("--out", required=True, help="directory to write tokenizer.model into")
+    parser.add_argument("--sample-mb", type=float, default=64, help="MB of text to read (default 64)")
+    parser.add_argument("--text-field", default="text", help="text field of .jsonl / .parquet / hf sources")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+
+    from data.sources import iter_documents  # imported here: the library function needs no data package
+
+    try:
+        tokenizer = train_tokenizer(iter_documents(args.input, text_field=args.text_field), args.vocab_size,
+                                    args.out, sample_mb=args.sample_mb, seed=args.seed, progress=not args.quiet)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {tokenizer.directory / MODEL_FILE} (vocab {tokenizer.vocab_size}, sha256 "
+          f"{tokenizer.content_hash[:16]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
