@@ -23,6 +23,12 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
+# Train the tiny model on the built-in corpus (the Python standard library's source), then sample from it.
+# Re-running resumes from out/tiny and finishes at once if training is complete.
+demo: $(STAMP)
+	$(PY) run_train.py --config configs/tiny.yaml
+	$(PY) run_inference.py --checkpoint out/tiny --prompt "def fibonacci(n):" --max-new-tokens 120 --seed 0
+
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not distributed"
 

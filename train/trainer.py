@@ -68,6 +68,54 @@ def train(cfg: Config) -> TrainResult:
         close_world()
 
 
+class StepRunner:
+    """One optimizer step: forward/backward over the micro batches, clipping, the AdamW update.
+
+    Shared by the Trainer and benchmarks/train_throughput.py so both measure the same code.
+    """
+
+    def __init__(self, model, optimizer, scaler, device: torch.device, precision: str, autocast_precision: str,
+                 grad_clip: float, world: World):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.device, self.precision, self.autocast_precision = device, precision, autocast_precision
+        self.grad_clip, self.world = grad_clip, world
+
+    def __call__(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float, bool]:
+        """Returns (loss, grad_norm, applied).
+
+        Each micro-batch loss is divided by their count, so the gradient is the mean over every token of the
+        global batch (all micro batches have the same number of tokens). A non-finite loss or gradient norm
+        skips the update.
+        """
+        self.model.train()
+        n = len(micro_batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(micro_batches):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with grad_sync(self.model, enabled=i == n - 1):
+                with autocast(self.device, self.autocast_precision):
+                    loss = compute_loss(self.model(x), y) / n
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if self.world.distributed:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+            loss_sum /= self.world.world_size
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
+            grad_norm = grad_norm.full_tensor()
+        loss_value, norm_value = loss_sum.item(), grad_norm.item()
+        # Under fp16 the scaler itself skips steps with inf gradients while it calibrates its scale.
+        applied = math.isfinite(loss_value) and (math.isfinite(norm_value) or self.precision == "fp16")
+        if applied:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value, applied
+
+
 class Trainer:
     def __init__(self, cfg: Config, world: World | None = None):
         self.world = world or World()
@@ -92,6 +140,8 @@ class Trainer:
         # FSDP2's mixed-precision policy casts parameters itself; autocast is for everything else.
         use_autocast = not (self.parallel == "fsdp" and self.precision == "bf16")
         self.precision_ctx = self.precision if use_autocast else "fp32"
+        self.step_runner = StepRunner(self.model, self.optimizer, self.scaler, self.device, self.precision,
+                                      self.precision_ctx, cfg.optim.grad_clip, self.world)
 
         self.step = 0
         self.tokens_seen = 0
@@ -239,42 +289,8 @@ class Trainer:
         self._barrier()
         return path
 
-    # ---- one optimizer step ---------------------------------------------------------------------------------
-
     def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float, bool]:
-        """Forward/backward over the micro batches, then one AdamW update. Returns (loss, grad_norm, applied).
-
-        Each micro-batch loss is divided by their count, so the gradient is the mean over every token of the
-        global batch (all micro batches have the same number of tokens). A non-finite loss or gradient norm
-        skips the update.
-        """
-        self.model.train()
-        n = len(micro_batches)
-        loss_sum = torch.zeros((), device=self.device)
-        for i, (x, y) in enumerate(micro_batches):
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            with grad_sync(self.model, enabled=i == n - 1):
-                with autocast(self.device, self.precision_ctx):
-                    loss = compute_loss(self.model(x), y) / n
-                self.scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        if self.world.distributed:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-            loss_sum /= self.world.world_size
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
-            grad_norm = grad_norm.full_tensor()
-        loss_value, norm_value = loss_sum.item(), grad_norm.item()
-        # Under fp16 the scaler itself skips steps with inf gradients while it calibrates its scale.
-        applied = math.isfinite(loss_value) and (math.isfinite(norm_value) or self.precision == "fp16")
-        if applied:
-            self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, norm_value, applied
+        return self.step_runner(micro_batches)
 
     # ---- evaluation -----------------------------------------------------------------------------------------
 

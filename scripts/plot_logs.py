@@ -1,0 +1,80 @@
+"""Plot a run's metrics: python scripts/plot_logs.py OUT_DIR [--out DIR]
+
+Writes loss.png (train and validation loss), lr.png, grad_norm.png and throughput.png next to metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Records of metrics.jsonl (skipped-step records left out)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics file at {path}")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if not r.get("skipped")]
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pairs = [(r["step"], r[key]) for r in records if key in r]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def plot(out_dir: Path, dest: Path | None = None) -> list[Path]:
+    """Write the PNG plots and return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(out_dir / "metrics.jsonl")
+    dest = dest or out_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    panels = {
+        "loss.png": ([("loss", "train"), ("val_loss", "validation")], "loss (nats/token)", False),
+        "lr.png": ([("lr", "learning rate")], "learning rate", False),
+        "grad_norm.png": ([("grad_norm", "grad norm")], "global grad norm", True),
+        "throughput.png": ([("tokens_per_sec", "tokens/s")], "tokens/s", False),
+    }
+    written = []
+    for name, (keys, ylabel, logy) in panels.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, label in keys:
+            steps, values = series(records, key)
+            if steps:
+                ax.plot(steps, values, marker="o" if key == "val_loss" else None, markersize=3, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend()
+        ax.set_title(f"{out_dir.name}: {ylabel}")
+        fig.tight_layout()
+        fig.savefig(dest / name, dpi=110)
+        plt.close(fig)
+        written.append(dest / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="training run directory (holds metrics.jsonl)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the PNGs (default: OUT_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        for path in plot(args.out_dir, args.out):
+            print(path)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
