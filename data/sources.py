@@ -50,7 +50,7 @@ class SourceStats:
 
     documents: int = 0  # documents yielded
     empty_documents: int = 0  # documents skipped because they were empty after normalization
-    replaced_bytes: int = 0  # invalid UTF-8 bytes replaced by U+FFFD
+    replaced_bytes: int = 0  # invalid UTF-8 bytes (and lone surrogates from JSON escapes) replaced by U+FFFD
     files: int = 0  # files opened
 
 
@@ -65,6 +65,7 @@ class Source:
 # ---- decoding ----------------------------------------------------------------------------------------------------
 
 _replaced = threading.local()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _count_and_replace(err: UnicodeError) -> tuple[str, int]:
@@ -86,6 +87,13 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
     _replaced.count = 0
     text = data.decode("utf-8", errors="mini_llm_count_replace")
     return text, _replaced.count
+
+
+def replace_surrogates(text: str) -> tuple[str, int]:
+    """Replace lone surrogates (JSON can spell them as \\udXXX escapes; UTF-8 cannot hold them) with U+FFFD."""
+    if not _SURROGATE.search(text):
+        return text, 0
+    return _SURROGATE.subn("\ufffd", text)
 
 
 def normalize_text(text: str) -> str:
@@ -252,7 +260,9 @@ def _read_jsonl(path: Path, text_field: str, stats: SourceStats) -> Iterator[str
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
-                yield _field(record, text_field, f"{path}:{lineno}")
+                text, bad = replace_surrogates(_field(record, text_field, f"{path}:{lineno}"))
+                stats.replaced_bytes += bad
+                yield text
     except (OSError, EOFError) as e:  # unreadable file, or a truncated / corrupt gzip stream
         raise DataError(f"cannot read {path}: {e}") from None
 
@@ -278,7 +288,7 @@ def _read_parquet(path: Path, text_field: str, stats: SourceStats) -> Iterator[s
         raise DataError(f"cannot read parquet file {path}: {e}") from None
 
 
-def _read_hf(spec: str, text_field: str) -> Iterator[str]:
+def _read_hf(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
     name, config, split = parse_hf_spec(spec)
     try:
         import datasets
@@ -289,7 +299,9 @@ def _read_hf(spec: str, text_field: str) -> Iterator[str]:
     except Exception as e:  # network, auth or unknown-dataset errors all mean "cannot use this source"
         raise DataError(f"cannot load Hugging Face dataset hf:{spec}: {e}") from None
     for i, record in enumerate(stream):
-        yield _field(record, text_field, f"hf:{spec} record {i}")
+        text, bad = replace_surrogates(_field(record, text_field, f"hf:{spec} record {i}"))
+        stats.replaced_bytes += bad
+        yield text
 
 
 def _read_source(src: Source, text_field: str, stats: SourceStats) -> Iterator[str]:
@@ -300,7 +312,7 @@ def _read_source(src: Source, text_field: str, stats: SourceStats) -> Iterator[s
     elif src.kind == "parquet":
         yield from _read_parquet(Path(src.location), text_field, stats)
     elif src.kind == "hf":
-        yield from _read_hf(src.location, text_field)
+        yield from _read_hf(src.location, text_field, stats)
     else:
         for path in stdlib_files():
             yield from _read_text_file(path, stats)

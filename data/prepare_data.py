@@ -1,0 +1,252 @@
+"""Prepare a training dataset: read sources, (train a tokenizer,) tokenize in parallel, write shards + manifest.
+
+    python data/prepare_data.py --input corpus/ more.jsonl --out datasets/mine --vocab-size 8192
+
+The output directory appears atomically (built in a temporary sibling, then renamed), and re-running with the same
+inputs and tokenizer is a no-op unless --force. The format is described in data/README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import from the repo root, not from data/ (which would shadow
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # stdlib names for any module placed here)
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+
+from tqdm import tqdm
+
+from data.encode import batch_documents, encode_stream
+from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter, load_manifest, token_dtype
+from data.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
+from Tokenizer import Tokenizer, train_tokenizer
+from train.errors import DataError, UserError
+
+TOKENIZER_SUBDIR = "tokenizer"
+DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around
+BATCH_CHARS = 1 << 18  # characters per work item sent to a worker: big enough to amortize IPC, small for balance
+SPLITS = ("train", "val")
+
+
+def dataset_fingerprint(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+                        shard_tokens: int) -> str:
+    """sha256 over everything the shards depend on: source files (path, size, mtime), tokenizer, split, layout."""
+    identity = {"version": VERSION, "sources": describe_sources(sources), "tokenizer": tokenizer.content_hash,
+                "text_field": text_field, "val_fraction": val_fraction, "shard_tokens": shard_tokens}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _atomic_directory(final: Path) -> Iterator[Path]:
+    """A temporary sibling of `final`, renamed to `final` on success (replacing it) and deleted on any error."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _train_into(directory: Path, sources: list[Source], text_field: str, vocab_size: int, sample_mb: int,
+                progress: bool) -> Tokenizer:
+    """Train a tokenizer on the first sample_mb MB of the sources and write it (atomically) into `directory`."""
+    return train_tokenizer(iter_sources(sources, text_field), vocab_size, directory, sample_mb=sample_mb,
+                           progress=progress)
+
+
+def _tokenize_into(out: Path, sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+                   workers: int, shard_tokens: int, progress: bool) -> dict:
+    """Write the train/val shards into `out`; return the counts that go into the manifest."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    stats = SourceStats()
+    writers = {split: SplitWriter(out, split, dtype, shard_tokens) for split in SPLITS}
+    tokens = dict.fromkeys(SPLITS, 0)
+    nbytes = dict.fromkeys(SPLITS, 0)
+    docs = dict.fromkeys(SPLITS, 0)
+    batches = batch_documents(iter_sources(sources, text_field, stats), BATCH_CHARS)
+    start = time.perf_counter()
+    with tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True) as bar:
+        for enc in encode_stream(batches, tokenizer, dtype, val_fraction, workers):
+            for split, toks, lengths, size in (("train", enc.train_tokens, enc.train_lengths, enc.train_bytes),
+                                               ("val", enc.val_tokens, enc.val_lengths, enc.val_bytes)):
+                writers[split].add(toks, lengths)
+                tokens[split] += len(toks)
+                nbytes[split] += size
+                docs[split] += len(lengths)
+            bar.update(enc.text_bytes)
+            bar.set_postfix(docs=sum(docs.values()), tokens=sum(tokens.values()), refresh=False)
+    seconds = time.perf_counter() - start
+    if stats.documents == 0:
+        raise DataError(f"the sources hold no documents: {', '.join(s.location for s in sources[:5])}"
+                        f"{' ...' if len(sources) > 5 else ''}")
+    shards = writers["train"].close() + writers["val"].close()
+    total_tokens, total_bytes = sum(tokens.values()), sum(nbytes.values())
+    return {
+        "dtype": dtype.name,
+        "header_bytes": HEADER_BYTES,
+        "shards": shards,
+        "documents": {**docs, "total": stats.documents},
+        "empty_documents_skipped": stats.empty_documents,
+        "tokens": {**tokens, "total": total_tokens},
+        "source_bytes": {**nbytes, "total": total_bytes},
+        "bytes_per_token": {s: (nbytes[s] / tokens[s] if tokens[s] else None) for s in SPLITS}
+        | {"total": total_bytes / total_tokens},
+        "replaced_bytes": stats.replaced_bytes,
+        "tokenize_seconds": round(seconds, 3),
+        "tokenize_mb_per_s": round(total_bytes / 1e6 / seconds, 3) if seconds > 0 else None,
+    }
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to replace a directory that is not a dataset (only a tokenizer/ inside it is expected)."""
+    if out.exists() and not force:
+        if not out.is_dir():
+            raise DataError(f"--out {out} exists and is not a directory")
+        other = sorted(p.name for p in out.iterdir() if p.name != TOKENIZER_SUBDIR)
+        if other:
+            raise DataError(f"--out {out} exists and is not a prepared dataset (holds {', '.join(other[:3])}); "
+                            "choose another directory or pass --force to replace it")
+
+
+def prepare_dataset(
+    sources: list[str],
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    vocab_size: int | None = None,
+    text_field: str = "text",
+    val_fraction: float = 0.005,
+    workers: int = 0,
+    force: bool = False,
+    tokenizer_sample_mb: int = 64,
+    progress: bool = True,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+) -> Path:
+    """Build (or reuse, if up to date) the token dataset in out_dir and return its path.
+
+    tokenizer_dir None means out_dir/tokenizer. If that tokenizer does not exist yet, one is trained with
+    vocab_size on up to tokenizer_sample_mb MB of the sources (vocab_size is required then); an existing one is
+    used as is, except that force with vocab_size retrains out_dir/tokenizer. workers 0 means all cores.
+    """
+    out = Path(out_dir)
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers < 0:
+        raise DataError(f"workers must be >= 0, got {workers}")
+    if shard_tokens <= 0:
+        raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
+    if vocab_size is not None and vocab_size <= 0:
+        raise DataError(f"vocab_size must be positive, got {vocab_size}")
+    resolved = resolve_sources(list(sources))
+    workers = workers or os.cpu_count() or 1
+
+    inside = tokenizer_dir is None
+    tok_dir = out / TOKENIZER_SUBDIR if inside else Path(tokenizer_dir)
+    retrain = inside and force and vocab_size is not None
+    tokenizer = None
+    if (tok_dir / "tokenizer.model").is_file() and not retrain:
+        tokenizer = Tokenizer.load(tok_dir)
+    elif vocab_size is None:
+        raise DataError(f"no tokenizer at {tok_dir}: pass --tokenizer DIR (an existing one) or --vocab-size N "
+                        "(train one)")
+    elif not inside:  # an external tokenizer directory: trained once, then used as is
+        tokenizer = _train_into(tok_dir, resolved, text_field, vocab_size, tokenizer_sample_mb, progress)
+    if inside and tokenizer is not None and vocab_size is not None and tokenizer.vocab_size != vocab_size:
+        raise DataError(f"{tok_dir} holds a {tokenizer.vocab_size}-token tokenizer, not {vocab_size}: "
+                        "pass --force to retrain it, or leave out --vocab-size to use it")
+
+    if (out / MANIFEST).is_file() and not force:
+        manifest = load_manifest(out)
+        if tokenizer is not None and manifest.get("fingerprint") == dataset_fingerprint(
+            resolved, tokenizer, text_field, val_fraction, shard_tokens
+        ):
+            if progress:
+                print(f"{out} is up to date ({manifest['tokens']['total']:,} tokens); --force rebuilds it")
+            return out
+        raise DataError(f"{out} holds a dataset built from other inputs or another tokenizer; "
+                        "pass --force to rebuild it")
+    _check_out_dir(out, force)
+
+    with _atomic_directory(out) as tmp:
+        if tokenizer is None:
+            tokenizer = _train_into(tmp / TOKENIZER_SUBDIR, resolved, text_field, vocab_size, tokenizer_sample_mb,
+                                    progress)
+        elif inside:  # the old out_dir (tokenizer included) is replaced as a whole, so carry the tokenizer over
+            shutil.copytree(tok_dir, tmp / TOKENIZER_SUBDIR)
+            tokenizer = Tokenizer.load(tmp / TOKENIZER_SUBDIR)
+        counts = _tokenize_into(tmp, resolved, tokenizer, text_field, val_fraction, workers, shard_tokens, progress)
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "fingerprint": dataset_fingerprint(resolved, tokenizer, text_field, val_fraction, shard_tokens),
+            "tokenizer": {
+                "hash": tokenizer.content_hash,
+                "vocab_size": tokenizer.vocab_size,
+                "path": TOKENIZER_SUBDIR if inside else str(Path(tok_dir).resolve()),
+            },
+            "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id,
+            "sources": [str(s) for s in sources],
+            "text_field": text_field,
+            "val_fraction": val_fraction,
+            "split_rule": "a document is val when blake2b(utf8 text, digest_size=8) as little-endian uint64 "
+                          "< val_fraction * 2**64",
+            **counts,
+            "workers": workers,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if progress:
+        print(f"wrote {out}: {manifest['tokens']['train']:,} train + {manifest['tokens']['val']:,} val tokens "
+              f"({manifest['bytes_per_token']['total']:.2f} bytes/token, {manifest['replaced_bytes']} bytes replaced)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; user errors print one line and return 2."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", nargs="+", required=True, metavar="SOURCE",
+                   help="files, directories, globs, hf:NAME[:CONFIG][@SPLIT], builtin:python-stdlib")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--tokenizer", help="existing tokenizer directory (default: OUT/tokenizer)")
+    tok.add_argument("--vocab-size", type=int, help="train a tokenizer with this many ids into OUT/tokenizer")
+    p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text (default: text)")
+    p.add_argument("--val-fraction", type=float, default=0.005, help="fraction of documents held out (default 0.005)")
+    p.add_argument("--workers", type=int, default=0, help="tokenizer processes; 0 = all cores (default)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the dataset is up to date")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
+    p.add_argument("--tokenizer-sample-mb", type=int, default=64, help="MB of text sampled to train the tokenizer")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    try:
+        prepare_dataset(args.input, args.out, tokenizer_dir=args.tokenizer, vocab_size=args.vocab_size,
+                        text_field=args.text_field, val_fraction=args.val_fraction, workers=args.workers,
+                        force=args.force, tokenizer_sample_mb=args.tokenizer_sample_mb,
+                        progress=not args.no_progress, shard_tokens=args.shard_tokens)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
