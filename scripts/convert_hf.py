@@ -1,0 +1,379 @@
+"""Convert checkpoints between this project's format and a Hugging Face Llama directory.
+
+    python scripts/convert_hf.py export --checkpoint DIR --out HF_DIR [--dtype float32|bfloat16|float16]
+    python scripts/convert_hf.py import --hf HF_DIR --out DIR [--dtype float32|bfloat16|float16]
+
+`export` takes a checkpoint directory or a training run directory (its latest checkpoint) and writes config.json,
+model.safetensors, generation_config.json (when the tokenizer names BOS/EOS) and the tokenizer files, so that
+`transformers.AutoModelForCausalLM.from_pretrained(HF_DIR)` gives a LlamaForCausalLM with the same logits.
+`import` reads a local Llama directory (config.json + model.safetensors, or shards listed in
+model.safetensors.index.json) and writes a weights-only checkpoint (model.safetensors + config.yaml).
+
+Only the weight names and the RoPE layout of wq/wk differ between the two formats; both are handled here, the
+layout in exactly one function pair (`permute_for_hf`, `unpermute_from_hf`). This script does not import
+transformers: it reads and writes the files directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from model import ModelConfig, Transformer  # noqa: E402
+from train.checkpoint import (  # noqa: E402
+    TOKENIZER,
+    atomic_directory,
+    load_model,
+    model_state_dict,
+    save_model_checkpoint,
+)
+from train.config import Config  # noqa: E402
+from train.errors import CheckpointError, UserError  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+
+# Our per-layer names -> Hugging Face per-layer names (both under their layer prefix).
+LAYER_NAMES = {
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+TOP_NAMES = {"tok_embeddings": "model.embed_tokens", "norm": "model.norm", "output": "lm_head"}
+
+
+# ---- RoPE layout: the only place that knows about it ----------------------------------------------------------
+
+
+def permute_for_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of a q/k projection (n_heads * head_dim, dim) from our RoPE layout to Hugging Face's.
+
+    Ours (Meta reference) rotates adjacent channels: within each head, rows (2i, 2i+1) form pair i. Hugging
+    Face's `rotate_half` pairs row i with row i + head_dim/2. Within each head, row 2i moves to i and row 2i+1
+    to i + head_dim/2; both q and k get the same reordering, so every q.k score (and so the model) is unchanged.
+    `unpermute_from_hf` is the exact inverse.
+    """
+    rows, dim = w.shape
+    head_dim = rows // n_heads
+    return w.view(n_heads, head_dim // 2, 2, dim).transpose(1, 2).reshape(rows, dim)
+
+
+def unpermute_from_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of `permute_for_hf`: Hugging Face's half-split q/k rows back to our adjacent-pair layout."""
+    rows, dim = w.shape
+    head_dim = rows // n_heads
+    return w.view(n_heads, 2, head_dim // 2, dim).transpose(1, 2).reshape(rows, dim)
+
+
+# ---- weight names ---------------------------------------------------------------------------------------------
+
+
+def hf_name(name: str) -> str:
+    """Our parameter name -> the Hugging Face LlamaForCausalLM name."""
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
+    if m and m.group(2) in LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{LAYER_NAMES[m.group(2)]}.weight"
+    base = name.removesuffix(".weight")
+    if base in TOP_NAMES and name.endswith(".weight"):
+        return f"{TOP_NAMES[base]}.weight"
+    raise KeyError(f"no Hugging Face name for parameter {name!r}")
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our state dict (as saved, tied head absent) -> Hugging Face names and RoPE layout."""
+    out = {}
+    for name, w in state.items():
+        if name.endswith("attention.wq.weight"):
+            w = permute_for_hf(w, cfg.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            w = permute_for_hf(w, cfg.kv_heads)
+        out[hf_name(name)] = w.contiguous()
+    return out
+
+
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Hugging Face tensors -> our names and RoPE layout; checks that every tensor is present with its shape."""
+    expected = _expected_shapes(cfg)
+    wanted = {hf_name(name): name for name in expected}
+    missing = sorted(h for h in wanted if h not in hf_state)
+    if missing:
+        raise CheckpointError(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    out = {}
+    for hname, name in wanted.items():
+        w = hf_state[hname]
+        if tuple(w.shape) != expected[name]:
+            raise CheckpointError(f"tensor {hname} has shape {tuple(w.shape)}, config.json implies {expected[name]}")
+        if name.endswith("attention.wq.weight"):
+            w = unpermute_from_hf(w, cfg.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            w = unpermute_from_hf(w, cfg.kv_heads)
+        out[name] = w.contiguous()
+    return out
+
+
+def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight our checkpoint stores for `cfg` (a tied head is stored once)."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = model.state_dict()
+    if cfg.tie_embeddings:
+        state.pop("output.weight")
+    return {name: tuple(t.shape) for name, t in state.items()}
+
+
+# ---- configs --------------------------------------------------------------------------------------------------
+
+
+def hf_config(cfg: ModelConfig, dtype: torch.dtype, special_ids: dict[str, int] | None = None) -> dict:
+    """The config.json of a Hugging Face LlamaForCausalLM equivalent to `cfg` (special token ids unset unless
+    given: {"bos_token_id": .., "eos_token_id": .., "pad_token_id": ..})."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        # transformers >= 5 reads rope_parameters; 4.x reads the top-level rope_theta (5.x accepts it too).
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "use_cache": True,
+        "dtype": str(dtype).removeprefix("torch."),
+        **(special_ids or {}),
+    }
+
+
+def _rope_theta(hf: dict) -> float:
+    """rope_theta from either layout (5.x `rope_parameters`, 4.x top-level + `rope_scaling`); rejects scaling."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(params, dict):
+        raise CheckpointError(f"config.json: unsupported rope_parameters {params!r}")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in (None, "default"):
+        raise CheckpointError(f"config.json: RoPE scaling type {rope_type!r} is not supported (only plain RoPE)")
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise CheckpointError("config.json: partial_rotary_factor != 1 is not supported")
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    return float(theta)
+
+
+def _require(hf: dict, key: str) -> int:
+    """A structural integer key of config.json; its absence is an error (no silent 7B defaults)."""
+    if not isinstance(hf.get(key), int):
+        raise CheckpointError(f"config.json: missing or non-integer {key!r}")
+    return hf[key]
+
+
+def model_config_from_hf(hf: dict) -> ModelConfig:
+    """Our ModelConfig for a Hugging Face Llama config.json dict; unsupported features raise CheckpointError."""
+    if hf.get("model_type") != "llama":
+        raise CheckpointError(f"config.json: model_type is {hf.get('model_type')!r}, only 'llama' is supported")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise CheckpointError(f"config.json: {key}=true is not supported (this model has no biases)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (only silu)")
+    dim, n_heads = _require(hf, "hidden_size"), _require(hf, "num_attention_heads")
+    n_kv = hf.get("num_key_value_heads") or n_heads
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and head_dim * n_heads != dim:
+        raise CheckpointError(
+            f"config.json: head_dim ({head_dim}) must equal hidden_size / num_attention_heads ({dim} / {n_heads})"
+        )
+    cfg = ModelConfig(
+        dim=dim,
+        n_layers=_require(hf, "num_hidden_layers"),
+        n_heads=n_heads,
+        n_kv_heads=None if n_kv == n_heads else n_kv,
+        vocab_size=_require(hf, "vocab_size"),
+        ffn_hidden_dim=_require(hf, "intermediate_size"),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default
+        rope_theta=_rope_theta(hf),
+        max_seq_len=int(hf.get("max_position_embeddings", 2048)),  # LlamaConfig's default
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+    )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise CheckpointError(f"config.json describes a model this project cannot build: {e}") from None
+    return cfg
+
+
+# ---- files ----------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a Hugging Face directory: one model.safetensors, or the shards its index lists."""
+    if (hf_dir / HF_INDEX).is_file():
+        weight_map = _read_json(hf_dir / HF_INDEX).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{hf_dir / HF_INDEX} has no weight_map")
+        files = sorted(set(weight_map.values()))
+    elif (hf_dir / HF_WEIGHTS).is_file():
+        files = [HF_WEIGHTS]
+    else:
+        raise CheckpointError(f"{hf_dir} has neither {HF_WEIGHTS} nor {HF_INDEX} (only safetensors are supported)")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = hf_dir / name
+        if not path.is_file():
+            raise CheckpointError(f"{HF_INDEX} lists {name}, which is missing from {hf_dir}")
+        try:
+            state.update(load_file(str(path)))
+        except Exception as e:  # safetensors raises several types for truncated or foreign files
+            raise CheckpointError(f"cannot read {path}: {e}") from None
+    return state
+
+
+def special_token_ids(hf_dir: Path) -> dict[str, int]:
+    """{"bos_token_id": .., "eos_token_id": .., "pad_token_id": ..} for the special tokens that the tokenizer
+    files in `hf_dir` (tokenizer_config.json + tokenizer.json) name; empty when there are none."""
+    config_path, tokenizer_path = hf_dir / "tokenizer_config.json", hf_dir / "tokenizer.json"
+    if not (config_path.is_file() and tokenizer_path.is_file()):
+        return {}
+    tok_config, tok = _read_json(config_path), _read_json(tokenizer_path)
+    vocab = (tok.get("model") or {}).get("vocab")
+    if isinstance(vocab, list):  # Unigram stores [piece, score] pairs; the id is the position
+        vocab = {entry[0]: i for i, entry in enumerate(vocab)}
+    ids = {**(vocab if isinstance(vocab, dict) else {}), **{t["content"]: t["id"] for t in tok.get("added_tokens", [])}}
+    found = {}
+    for kind in ("bos", "eos", "pad"):
+        token = tok_config.get(f"{kind}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(token, str) and token in ids:
+            found[f"{kind}_token_id"] = ids[token]
+    return found
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty directory unless asked to."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"output {out} already exists and is not empty (pass --overwrite to replace it)")
+
+
+# ---- the two directions ---------------------------------------------------------------------------------------
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "float32",
+                      overwrite: bool = False) -> Path:
+    """Write a Hugging Face Llama directory for a checkpoint (or a run directory's latest checkpoint)."""
+    out = Path(out)
+    _check_out(out, overwrite)
+    model, cfg, ckpt_dir = load_model(checkpoint, dtype=DTYPES[dtype])
+    hf_state = to_hf_state_dict(model_state_dict(model), cfg.model)
+    with atomic_directory(out) as tmp:
+        if (ckpt_dir / TOKENIZER).is_dir():
+            from Tokenizer.hf_export import export_hf_tokenizer  # lazy: only needed when there is a tokenizer
+
+            export_hf_tokenizer(ckpt_dir / TOKENIZER, tmp)
+        special_ids = special_token_ids(tmp)
+        config = hf_config(cfg.model, DTYPES[dtype], special_ids)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if special_ids:  # generate() then knows where to start and stop
+            (tmp / "generation_config.json").write_text(json.dumps(special_ids, indent=2) + "\n")
+        save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+    return out
+
+
+def import_checkpoint(hf_dir: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Write a weights-only checkpoint of ours for a local Hugging Face Llama directory."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    if not hf_dir.is_dir():
+        raise CheckpointError(f"Hugging Face directory does not exist: {hf_dir}")
+    if not (hf_dir / "config.json").is_file():
+        raise CheckpointError(f"{hf_dir} has no config.json")
+    _check_out(out, overwrite)
+    model_cfg = model_config_from_hf(_read_json(hf_dir / "config.json"))
+    state = from_hf_state_dict(read_hf_weights(hf_dir), model_cfg)
+    state = {name: w.to(DTYPES[dtype]) for name, w in state.items()}
+    with torch.device("meta"):
+        model = Transformer(model_cfg)
+    if model_cfg.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    # assign=True adopts the loaded tensors, so no full-size random init ever happens.
+    model.load_state_dict(state, strict=True, assign=True)
+    if model_cfg.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight  # assign replaced the shared parameter; tie again
+    return save_model_checkpoint(out, model, Config(model=model_cfg))
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the `export` / `import` subcommands."""
+    parser = argparse.ArgumentParser(description="Convert checkpoints to and from Hugging Face Llama directories.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="our checkpoint -> Hugging Face directory")
+    exp.add_argument("--checkpoint", required=True, help="checkpoint directory or training run directory")
+    exp.add_argument("--out", required=True, help="Hugging Face directory to write")
+    imp = sub.add_parser("import", help="Hugging Face directory -> our checkpoint")
+    imp.add_argument("--hf", required=True, help="local Hugging Face Llama directory")
+    imp.add_argument("--out", required=True, help="checkpoint directory to write")
+    for p in (exp, imp):
+        p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the written weights")
+        p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one conversion; bad input prints one `error:` line and returns 2."""
+    args = parse_args(argv)
+    try:
+        if args.command == "export":
+            out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
+        else:
+            out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
