@@ -1,7 +1,7 @@
 """Document sources: turn source specs (paths, globs, `hf:...`, `builtin:...`) into normalized document texts.
 
 Spec kinds:
-    path/to/file.txt | .md               one document per file
+    path/to/file.txt | .md | .py         one document per file
     path/to/file.jsonl | .jsonl.gz       one document per line, text in the `text_field` key
     path/to/file.parquet                 one document per row, text in the `text_field` column (pyarrow)
     a directory                          every file of the kinds above below it (sorted, hidden entries skipped)
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from train.errors import DataError
 
-TEXT_SUFFIXES = (".txt", ".md")
+TEXT_SUFFIXES = (".txt", ".md", ".py")  # .py: the default corpus is Python code
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
 KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
