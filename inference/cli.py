@@ -1,0 +1,128 @@
+"""Command line of run_inference.py: parse the flags, build a Generator, stream continuations to stdout.
+
+Bad input (a missing checkpoint, an empty prompt, an out-of-range sampling value) prints one `error: ...` line
+to stderr and exits with code 2; progress and speed go to stderr, only generated text to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from typing import NoReturn
+
+from inference.errors import GenerationError
+from inference.generator import DEFAULT_MAX_NEW_TOKENS, Generator
+from inference.sampling import SamplingParams
+from train.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one `error: ...` line (exit code 2), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The run_inference.py flags."""
+    p = _Parser(prog="run_inference.py", description="Generate text from a checkpoint (KV-cached decoding).")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a training run's out_dir (latest)")
+    p.add_argument("--prompt", help="prompt text; '-' reads it from stdin (one trailing newline dropped)")
+    p.add_argument("--interactive", action="store_true", help="read prompts in a loop (empty line or EOF quits)")
+    p.add_argument("--bos", action="store_true", help="start the prompt with the BOS token (allows an empty prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 disables")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 disables")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats; 1 disables")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (sample i uses seed + i)")
+    p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
+    p.add_argument("--num-samples", type=int, default=1, help="continuations per prompt")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPU)")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context every step (slow)")
+    return p
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    params.validate()
+    return params
+
+
+def _read_prompt(args: argparse.Namespace) -> str | None:
+    """The --prompt text ('-' reads stdin); None in interactive mode without --prompt."""
+    if args.prompt is None:
+        if not args.interactive:
+            raise GenerationError("give --prompt TEXT (or --prompt - to read stdin), or --interactive")
+        return None
+    if args.prompt == "-":
+        text = sys.stdin.read()
+        return text[:-1] if text.endswith("\n") else text
+    return args.prompt
+
+
+def _stream_samples(gen: Generator, prompt: str, args: argparse.Namespace, sampling: SamplingParams) -> None:
+    """Stream --num-samples continuations of one prompt to stdout; a speed line per sample to stderr."""
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{args.num_samples} ---", flush=True)
+        start = time.perf_counter()
+        pieces = gen.stream(prompt, args.max_new_tokens, sampling, args.stop, args.seed + i, args.bos)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        seconds = time.perf_counter() - start
+        done = gen.last[0]
+        n = len(done.token_ids)
+        print(flush=True)
+        print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, stopped by {done.finish_reason}]",
+              file=sys.stderr, flush=True)
+
+
+def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingParams) -> None:
+    """Prompt loop: each line is an independent prompt; an empty line or EOF ends it."""
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            print()
+            return
+        if not prompt:
+            return
+        try:
+            _stream_samples(gen, prompt, args, sampling)
+        except GenerationError as e:  # a bad prompt does not end the session
+            print(f"error: {e}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Everything run_inference.py does, after parsing."""
+    sampling = _sampling(args)
+    if args.num_samples < 1:
+        raise GenerationError(f"--num-samples must be >= 1, got {args.num_samples}")
+    prompt = _read_prompt(args)
+    gen = Generator.from_checkpoint(args.checkpoint, args.device, args.dtype, args.compile, not args.no_kv_cache)
+    if prompt is not None:
+        _stream_samples(gen, prompt, args, sampling)
+    if args.interactive:
+        _interactive(gen, args, sampling)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, and turn user errors into one line and exit code 2."""
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    try:
+        run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0

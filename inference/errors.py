@@ -1,0 +1,12 @@
+"""Generation's error and warning: bad user input (entry points print it and exit with code 2), and a prompt
+cut to fit the model's context."""
+
+from train.errors import UserError
+
+
+class GenerationError(UserError):
+    """A prompt, sampling value or length limit that generation cannot honour; the message names it."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """The prompt plus max_new_tokens did not fit in max_seq_len, so the prompt lost tokens on the left."""

@@ -1,0 +1,16 @@
+"""Generate text from a checkpoint: `python run_inference.py --checkpoint PATH --prompt TEXT` (see --help)."""
+
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    """Put the repo root on sys.path and hand over to inference.cli."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from inference.cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
