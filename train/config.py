@@ -264,7 +264,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             child = node[part]
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
-            node = child
+            node[part] = node = dict(child)  # copy on write: the caller's nested dicts stay untouched
         node[parts[-1]] = value
     return raw
 
