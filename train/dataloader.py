@@ -177,12 +177,12 @@ class DataLoader:
         """Continue exactly where state_dict() was taken (the saved seed wins over the constructor's)."""
         if state.get("version") != STATE_VERSION:
             raise DataError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
-        if state["dataset"] != self.dataset.fingerprint or state["n_windows"] != self.n_windows:
-            raise DataError(f"the saved loader position belongs to another dataset than {self.dataset.directory} "
-                            "(it was rebuilt or changed since the checkpoint)")
         if state["seq_len"] != self.seq_len:
             raise DataError(f"the saved loader position is for seq_len {state['seq_len']}, this run uses "
                             f"{self.seq_len}: windows would not line up")
+        if state["dataset"] != self.dataset.fingerprint or state["n_windows"] != self.n_windows:
+            raise DataError(f"the saved loader position belongs to another dataset than {self.dataset.directory} "
+                            "(it was rebuilt or changed since the checkpoint)")
         if state["consumed"] % self.windows_per_step:
             raise DataError(f"the saved loader position ({state['consumed']} windows into epoch {state['epoch']}) "
                             f"is not a whole number of micro batches of {self.micro_batch_size} x "

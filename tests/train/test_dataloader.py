@@ -1,0 +1,208 @@
+"""DataLoader over memory-mapped shards: window geometry, determinism, exact resume, rank disjointness,
+validation windows, compatibility checks. Synthetic datasets hold token = position, so a batch shows where it
+came from."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter
+from train.dataloader import DataLoader, TokenDataset, check_compatible
+from train.errors import DataError
+
+VOCAB = 1 << 20  # > 65,536, so the synthetic shards are uint32 and can hold positions
+
+
+def make_dataset(directory: Path, train_tokens: int, val_tokens: int, shard_tokens: int = 10_000,
+                 fingerprint: str = "f" * 64) -> TokenDataset:
+    """A dataset whose split streams are 0, 1, 2, ... (documents of 37 tokens), as prepare_dataset lays it out."""
+    directory.mkdir(parents=True)
+    shards = []
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        writer = SplitWriter(directory, split, np.dtype("<u4"), shard_tokens)
+        lengths = np.full(n // 37, 37)
+        if n % 37:
+            lengths = np.append(lengths, n % 37)
+        writer.add(np.arange(n, dtype=np.uint32), lengths)
+        shards += writer.close()
+    manifest = {
+        "format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "dtype": "uint32",
+        "header_bytes": HEADER_BYTES, "shards": shards, "vocab_size": VOCAB, "eos_id": 2,
+        "tokenizer": {"hash": "a" * 64, "vocab_size": VOCAB, "path": "tokenizer"},
+        "tokens": {"train": train_tokens, "val": val_tokens, "total": train_tokens + val_tokens},
+        "source_bytes": {"train": 3 * train_tokens, "val": 2 * val_tokens, "total": 3 * train_tokens + 2 * val_tokens},
+        "bytes_per_token": {"train": 3.0, "val": 2.0 if val_tokens else None,
+                            "total": (3 * train_tokens + 2 * val_tokens) / (train_tokens + val_tokens)},
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    return TokenDataset(directory)
+
+
+@pytest.fixture
+def dataset(tmp_path) -> TokenDataset:
+    # 60 windows of 17 tokens (seq_len 16) + 5 spare tokens; small shards so windows cross shard boundaries
+    return make_dataset(tmp_path / "ds", train_tokens=60 * 17 + 5, val_tokens=40 * 17, shard_tokens=100)
+
+
+def starts(batch: tuple[torch.Tensor, torch.Tensor]) -> list[int]:
+    return batch[0][:, 0].tolist()
+
+
+def test_batches_are_shifted_aligned_windows(dataset):
+    loader = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=0)
+    for _ in range(20):
+        x, y = loader.next_batch()
+        assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+        assert torch.equal(y, x + 1)  # y is x shifted by one token
+        assert torch.equal(x, x[:, :1] + torch.arange(16))  # one contiguous window, even across shard boundaries
+        assert all(s % 17 == 0 for s in starts((x, y)))  # non-overlapping windows of seq_len + 1
+
+
+def test_an_epoch_visits_each_window_once_in_a_seeded_order(dataset):
+    loader = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=3)
+    assert (loader.n_windows, loader.batches_per_epoch) == (60, 15)
+    epochs = [[s for _ in range(15) for s in starts(loader.next_batch())] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == [17 * i for i in range(60)]
+    assert epochs[0] != epochs[1]  # a new permutation each epoch
+    again = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=3)
+    assert [s for _ in range(15) for s in starts(again.next_batch())] == epochs[0]
+    other = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=4)
+    assert [s for _ in range(15) for s in starts(other.next_batch())] != epochs[0]
+
+
+@pytest.mark.parametrize("taken", [0, 7, 15, 22])
+def test_resume_gives_the_same_next_batches(dataset, taken):
+    straight = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=1)
+    for _ in range(taken):
+        straight.next_batch()
+    buffer = io.BytesIO()
+    torch.save(straight.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=999)  # the saved seed wins
+    resumed.load_state_dict(state)
+    for _ in range(20):  # crosses an epoch boundary
+        a, b = straight.next_batch(), resumed.next_batch()
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_ranks_never_share_a_window(dataset):
+    world = 3
+    loaders = [DataLoader(dataset, micro_batch_size=2, seq_len=16, seed=0, rank=r, world_size=world)
+               for r in range(world)]
+    assert loaders[0].batches_per_epoch == 10
+    seen = [[s for _ in range(10) for s in starts(loader.next_batch())] for loader in loaders]
+    sets = [set(s) for s in seen]
+    assert all(len(s) == 20 for s in sets)
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert len(sets[0] | sets[1] | sets[2]) == 60  # together they cover the epoch
+
+
+def test_resume_on_a_different_world_size_continues_the_same_windows(dataset):
+    ranks = [DataLoader(dataset, micro_batch_size=2, seq_len=16, seed=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        for loader in ranks:
+            loader.next_batch()
+    expected = sorted(s for loader in ranks for s in starts(loader.next_batch()))
+    ranks = [DataLoader(dataset, micro_batch_size=2, seq_len=16, seed=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        for loader in ranks:
+            loader.next_batch()
+    single = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=5)
+    single.load_state_dict(ranks[0].state_dict())
+    assert sorted(starts(single.next_batch())) == expected
+
+
+def test_load_state_dict_rejects_a_position_that_does_not_fit(dataset, tmp_path):
+    loader = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=0)
+    loader.next_batch()
+    state = loader.state_dict()
+    assert all(isinstance(v, (int, str)) for v in state.values())
+    with pytest.raises(DataError, match="seq_len 16, this run uses 8"):
+        DataLoader(dataset, micro_batch_size=4, seq_len=8).load_state_dict(state)
+    with pytest.raises(DataError, match="not a whole number of micro batches"):
+        DataLoader(dataset, micro_batch_size=3, seq_len=16).load_state_dict(state)
+    other = make_dataset(tmp_path / "other", 60 * 17 + 5, 40 * 17, fingerprint="0" * 64)
+    with pytest.raises(DataError, match="belongs to another dataset"):
+        DataLoader(other, micro_batch_size=4, seq_len=16).load_state_dict(state)
+
+
+def test_validation_windows_are_fixed_disjoint_and_spread(dataset):
+    loaders = [DataLoader(dataset, micro_batch_size=2, seq_len=16, seed=r, rank=r, world_size=2) for r in range(2)]
+    first = [[starts(b) for b in loader.validation_batches(5)] for loader in loaders]
+    loaders[0].next_batch()  # training progress does not move the validation windows
+    assert [starts(b) for b in loaders[0].validation_batches(5)] == first[0]
+    flat = [[s for batch in rank for s in batch] for rank in first]
+    assert len(first[0]) == len(first[1]) == 5
+    assert not set(flat[0]) & set(flat[1])
+    assert all(s % 17 == 0 for s in flat[0] + flat[1])
+    assert max(flat[0] + flat[1]) >= 17 * 35  # spread over the whole val stream, not only its start
+    x, y = next(loaders[0].validation_batches(1))
+    assert torch.equal(y, x + 1)
+    # 40 val windows / (2 x 2) per step = 10 batches at most
+    assert len(list(loaders[1].validation_batches(100))) == 10
+
+
+def test_split_too_small_is_a_clear_error(tmp_path):
+    small = make_dataset(tmp_path / "small", train_tokens=100, val_tokens=10)
+    with pytest.raises(DataError, match=r"train split .* fewer than one micro batch"):
+        DataLoader(small, micro_batch_size=8, seq_len=16)
+    loader = DataLoader(small, micro_batch_size=1, seq_len=16)
+    with pytest.raises(DataError, match=r"val split .* raise data.val_fraction"):
+        list(loader.validation_batches(2))
+
+
+def test_bytes_per_token(dataset):
+    assert dataset.bytes_per_token("train") == 3.0
+    assert dataset.bytes_per_token("val") == 2.0
+    assert dataset.num_tokens("val") == 40 * 17
+
+
+def test_check_compatible(dataset):
+    good = SimpleNamespace(content_hash="a" * 64, vocab_size=VOCAB, eos_id=2, directory=Path("tok"))
+    check_compatible(dataset, good, VOCAB)
+    check_compatible(dataset, good, VOCAB + 64)  # a padded embedding is fine
+    with pytest.raises(DataError, match=r"tokenized with tokenizer aaaaaaaaaaaa.*is bbbbbbbbbbbb"):
+        check_compatible(dataset, SimpleNamespace(**{**vars(good), "content_hash": "b" * 64}), VOCAB)
+    with pytest.raises(DataError, match=r"model.vocab_size \(1000\) is smaller"):
+        check_compatible(dataset, good, 1000)
+
+
+def test_missing_or_damaged_dataset(tmp_path, dataset):
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        TokenDataset(tmp_path / "nothing")
+    shard = dataset.directory / dataset.manifest["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-4])
+    with pytest.raises(DataError, match="header promises"):
+        TokenDataset(dataset.directory)
+
+
+def test_end_to_end_with_a_real_tokenizer(tmp_path):
+    from data.prepare_data import prepare_dataset
+    from Tokenizer import Tokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "value", "index", "total", "print", "range", "lambda", "yield"]
+    for i in range(40):
+        body = "".join(f"    {rng.choice(words)}_{rng.integers(100)} = {rng.choice(words)}({i})\n" for _ in range(20))
+        (corpus / f"{i:02d}.txt").write_text(f"def f{i}(x):\n{body}    return x * {i}\n")
+    out = prepare_dataset([str(corpus)], tmp_path / "ds", vocab_size=400, val_fraction=0.0, workers=1,
+                          progress=False)
+    tok, ds = Tokenizer.load(out / "tokenizer"), TokenDataset(out)
+    check_compatible(ds, tok, 400)
+    loader = DataLoader(ds, micro_batch_size=2, seq_len=32, seed=0)
+    x, y = loader.next_batch()
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    text = "".join(p.read_text() for p in sorted(corpus.iterdir()))  # EOS decodes to nothing
+    for row in range(2):
+        assert tok.decode(x[row].tolist() + y[row, -1:].tolist()) in text
+    assert int(x.max()) < tok.vocab_size
