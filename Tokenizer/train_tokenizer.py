@@ -20,7 +20,7 @@ import io
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
@@ -117,7 +117,8 @@ def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
             raise DataError(f"{out_dir} exists and holds files that are not a tokenizer ({', '.join(foreign[:3])}); "
                             "choose a new or empty directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         for name, data in files.items():
             with open(tmp / name, "wb") as f:
@@ -125,8 +126,8 @@ def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{out_dir.name}-", dir=out_dir.parent))
-            out_dir.rename(old / out_dir.name)
+            old = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+            out_dir.rename(old)
             tmp.rename(out_dir)
             shutil.rmtree(old)
         else:
