@@ -10,8 +10,9 @@ model.safetensors, generation_config.json (when the tokenizer names BOS/EOS) and
 model.safetensors.index.json) and writes a weights-only checkpoint (model.safetensors + config.yaml).
 
 Only the weight names and the RoPE layout of wq/wk differ between the two formats; both are handled here, the
-layout in exactly one function pair (`permute_for_hf`, `unpermute_from_hf`). This script does not import
-transformers: it reads and writes the files directly.
+layout in exactly one function pair (`permute_for_hf`, `unpermute_from_hf`). The weights and configs are read and
+written directly, without transformers; only the tokenizer export (Tokenizer/hf_export.py) uses it. The tokenizer
+of a Hugging Face directory is not imported.
 """
 
 from __future__ import annotations
@@ -96,20 +97,26 @@ def hf_name(name: str) -> str:
     raise KeyError(f"no Hugging Face name for parameter {name!r}")
 
 
+def _rope_heads(name: str, cfg: ModelConfig) -> int | None:
+    """Heads in a q/k projection weight (the tensors whose rows carry the RoPE layout); None for the others."""
+    if name.endswith("attention.wq.weight"):
+        return cfg.n_heads
+    if name.endswith("attention.wk.weight"):
+        return cfg.kv_heads
+    return None
+
+
 def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict (as saved, tied head absent) -> Hugging Face names and RoPE layout."""
     out = {}
     for name, w in state.items():
-        if name.endswith("attention.wq.weight"):
-            w = permute_for_hf(w, cfg.n_heads)
-        elif name.endswith("attention.wk.weight"):
-            w = permute_for_hf(w, cfg.kv_heads)
-        out[hf_name(name)] = w.contiguous()
+        n_heads = _rope_heads(name, cfg)
+        out[hf_name(name)] = (w if n_heads is None else permute_for_hf(w, n_heads)).contiguous()
     return out
 
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Hugging Face tensors -> our names and RoPE layout; checks that every tensor is present with its shape."""
+    """Hugging Face tensors -> our names and RoPE layout; every tensor must be present with the right shape."""
     expected = _expected_shapes(cfg)
     wanted = {hf_name(name): name for name in expected}
     missing = sorted(h for h in wanted if h not in hf_state)
@@ -120,11 +127,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
         w = hf_state[hname]
         if tuple(w.shape) != expected[name]:
             raise CheckpointError(f"tensor {hname} has shape {tuple(w.shape)}, config.json implies {expected[name]}")
-        if name.endswith("attention.wq.weight"):
-            w = unpermute_from_hf(w, cfg.n_heads)
-        elif name.endswith("attention.wk.weight"):
-            w = unpermute_from_hf(w, cfg.kv_heads)
-        out[name] = w.contiguous()
+        n_heads = _rope_heads(name, cfg)
+        out[name] = (w if n_heads is None else unpermute_from_hf(w, n_heads)).contiguous()
     return out
 
 
@@ -142,8 +146,7 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def hf_config(cfg: ModelConfig, dtype: torch.dtype, special_ids: dict[str, int] | None = None) -> dict:
-    """The config.json of a Hugging Face LlamaForCausalLM equivalent to `cfg` (special token ids unset unless
-    given: {"bos_token_id": .., "eos_token_id": .., "pad_token_id": ..})."""
+    """config.json of the Hugging Face LlamaForCausalLM equivalent to `cfg`; special token ids null unless given."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -268,19 +271,21 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def special_token_ids(hf_dir: Path) -> dict[str, int]:
-    """{"bos_token_id": .., "eos_token_id": .., "pad_token_id": ..} for the special tokens that the tokenizer
-    files in `hf_dir` (tokenizer_config.json + tokenizer.json) name; empty when there are none."""
-    config_path, tokenizer_path = hf_dir / "tokenizer_config.json", hf_dir / "tokenizer.json"
-    if not (config_path.is_file() and tokenizer_path.is_file()):
+    """{bos,eos,pad}_token_id named by the tokenizer files in `hf_dir`; empty when there are none."""
+    if not (hf_dir / "tokenizer.json").is_file():
         return {}
-    tok_config, tok = _read_json(config_path), _read_json(tokenizer_path)
+    tok = _read_json(hf_dir / "tokenizer.json")
     vocab = (tok.get("model") or {}).get("vocab")
     if isinstance(vocab, list):  # Unigram stores [piece, score] pairs; the id is the position
         vocab = {entry[0]: i for i, entry in enumerate(vocab)}
     ids = {**(vocab if isinstance(vocab, dict) else {}), **{t["content"]: t["id"] for t in tok.get("added_tokens", [])}}
+    names = {}  # transformers 5 names the special tokens in tokenizer_config.json, 4.x also in special_tokens_map.json
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (hf_dir / file).is_file():
+            names.update(_read_json(hf_dir / file))
     found = {}
     for kind in ("bos", "eos", "pad"):
-        token = tok_config.get(f"{kind}_token")
+        token = names.get(f"{kind}_token")
         token = token.get("content") if isinstance(token, dict) else token
         if isinstance(token, str) and token in ids:
             found[f"{kind}_token_id"] = ids[token]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -337,11 +337,39 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
 # ---- tokenizer ------------------------------------------------------------------------------------------------
 
 
-def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path, request):
-    if importlib.util.find_spec("Tokenizer.hf_export") is None:
-        pytest.skip("Tokenizer/hf_export.py (export_hf_tokenizer) does not exist yet")
-    try:
-        tokenizer_dir = request.getfixturevalue("tiny_tokenizer")
-    except pytest.FixtureLookupError:
-        pytest.skip("the tiny_tokenizer fixture is not in tests/conftest.py yet")
-    raise NotImplementedError(f"write this test against the tiny_tokenizer fixture ({tokenizer_dir!r})")
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A tiny byte-fallback SentencePiece tokenizer trained here on a seeded synthetic corpus."""
+    pytest.importorskip("sentencepiece")
+    from Tokenizer.train_tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    words = ["def", "return", "value", "count", "total", "index", "alpha", "beta", "print", "if", "else", "for"]
+    texts = [" ".join(rng.choice(words) for _ in range(40)) + f" {i}\n" for i in range(300)]
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer(texts, vocab_size=350, out_dir=out, progress=False)
+    return out
+
+
+def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from Tokenizer import Tokenizer
+
+    ours_tok = Tokenizer.load(tokenizer_dir)
+    model = tiny_ours(2, True, 10000.0, vocab_size=ours_tok.vocab_size)
+    save_model_checkpoint(tmp_path / "ckpt", model, Config(model=model.cfg), tokenizer_dir=tokenizer_dir)
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
+
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "def total(value):\n    return value + 42  # ünïcode ✓"
+    ids = ours_tok.encode(text)
+    assert hf_tok(text)["input_ids"] == ids
+    config = json.loads((tmp_path / "hf/config.json").read_text())
+    expected_ids = {"bos_token_id": ours_tok.bos_id, "eos_token_id": ours_tok.eos_id, "pad_token_id": ours_tok.pad_id}
+    assert {k: config[k] for k in expected_ids} == expected_ids
+    generation = GenerationConfig.from_pretrained(tmp_path / "hf")
+    assert (generation.bos_token_id, generation.eos_token_id) == (ours_tok.bos_id, ours_tok.eos_id)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, attn_implementation="eager")
+    toks = torch.tensor([ids])
+    assert (hf_logits(hf.eval(), toks) - our_logits(model, toks)).abs().max() <= TOL
