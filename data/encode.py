@@ -1,5 +1,5 @@
-"""Parallel tokenization: document batches go to a process pool, results come back in order, work in flight is
-bounded so memory stays flat however large the corpus."""
+"""Parallel tokenization: document batches go to a process pool (and to this process when the pool is busy),
+results come back in input order, and the work held at once is bounded so memory stays flat whatever the corpus."""
 
 from __future__ import annotations
 
@@ -90,31 +90,36 @@ def batch_documents(texts: Iterable[str], batch_chars: int) -> Iterator[list[str
 def encode_stream(
     batches: Iterable[list[str]], tokenizer: Tokenizer, dtype: np.dtype, val_fraction: float, workers: int
 ) -> Iterator[EncodedBatch]:
-    """EncodedBatch for each batch, in input order; workers > 1 uses that many processes."""
+    """EncodedBatch for each batch, in input order, from `workers` processes: this one plus workers - 1 in a pool."""
+    run_here = lambda texts: encode_documents(tokenizer, texts, dtype, val_fraction)
     if workers <= 1:
-        for texts in batches:
-            yield encode_documents(tokenizer, texts, dtype, val_fraction)
+        yield from map(run_here, batches)
         return
     # spawn, not fork: the caller may be a training process with threads (CUDA, tqdm), which fork can deadlock.
-    with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(str(tokenizer.directory),)
-    ) as pool:
-        yield from ordered_map(lambda texts: pool.submit(_encode_in_worker, texts, dtype, val_fraction), batches,
-                               max_in_flight=2 * workers, cancel=lambda: pool.shutdown(cancel_futures=True))
-
-
-def ordered_map(
-    submit: Callable[[object], Future], items: Iterable, max_in_flight: int, cancel: Callable[[], None]
-) -> Iterator:
-    """Results of submit(item) in item order, with at most max_in_flight futures pending (the bound on memory)."""
-    pending: deque[Future] = deque()
+    pool = ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(str(tokenizer.directory),))
     try:
-        for item in items:
-            pending.append(submit(item))
-            if len(pending) >= max_in_flight:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        yield from ordered_map(batches, run_here, lambda texts: pool.submit(_encode_in_worker, texts, dtype,
+                                                                            val_fraction),
+                               pool_slots=2 * (workers - 1), max_pending=4 * workers)
     finally:
-        if pending:  # stopped early (error or interrupt): drop queued work instead of finishing it
-            cancel()
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error, queued work is dropped, not finished
+
+
+def ordered_map(items: Iterable, run_here: Callable, submit: Callable[[object], Future], pool_slots: int,
+                max_pending: int) -> Iterator:
+    """Results for items, in order. An item goes to the pool while fewer than pool_slots pool jobs are unfinished;
+    otherwise this process runs it itself instead of waiting (which also hides the pool's start-up time). At most
+    max_pending results are held, which bounds memory however long `items` is."""
+    pending: deque[Future] = deque()
+    for item in items:
+        if sum(not f.done() for f in pending) < pool_slots:
+            pending.append(submit(item))
+        else:
+            here: Future = Future()
+            here.set_result(run_here(item))
+            pending.append(here)
+        while pending and (pending[0].done() or len(pending) >= max_pending):
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

@@ -38,6 +38,11 @@ BATCH_CHARS = 1 << 18  # characters per work item sent to a worker: big enough t
 SPLITS = ("train", "val")
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset / container CPU sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def dataset_fingerprint(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
                         shard_tokens: int) -> str:
     """sha256 over everything the shards depend on: source files (path, size, mtime), tokenizer, split, layout."""
@@ -156,7 +161,7 @@ def prepare_dataset(
     if vocab_size is not None and vocab_size <= 0:
         raise DataError(f"vocab_size must be positive, got {vocab_size}")
     resolved = resolve_sources(list(sources))
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cpus()
 
     inside = tokenizer_dir is None
     tok_dir = out / TOKENIZER_SUBDIR if inside else Path(tokenizer_dir)
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--vocab-size", type=int, help="train a tokenizer with this many ids into OUT/tokenizer")
     p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text (default: text)")
     p.add_argument("--val-fraction", type=float, default=0.005, help="fraction of documents held out (default 0.005)")
-    p.add_argument("--workers", type=int, default=0, help="tokenizer processes; 0 = all cores (default)")
+    p.add_argument("--workers", type=int, default=0, help="tokenizing processes (this one included); 0 = all cores")
     p.add_argument("--force", action="store_true", help="rebuild even if the dataset is up to date")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     p.add_argument("--tokenizer-sample-mb", type=int, default=64, help="MB of text sampled to train the tokenizer")

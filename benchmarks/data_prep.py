@@ -1,0 +1,109 @@
+"""Data preparation speed: python benchmarks/data_prep.py [--input SOURCES...] [--mb 20] [--tokenizer DIR]
+
+Tokenizes the same corpus with 1 worker, 2 workers and all cores (whole prepare_dataset calls: reading, pool
+start-up, tokenization, shard writing), reports MB/s of source text and the speed-up over 1 worker, then times
+the DataLoader on the result. Without --input it builds a ~20 MB corpus from the Python standard library
+(repeated as needed). Prints a table and writes JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401  (puts the repo root on sys.path)
+from common import environment, print_table, write_result
+
+from data.prepare_data import prepare_dataset
+from data.shards import load_manifest
+from data.sources import iter_documents
+from Tokenizer import Tokenizer, train_tokenizer
+
+
+def make_corpus(directory: Path, megabytes: float) -> Path:
+    """Write standard-library sources as .py files until `megabytes` MB (a marker keeps repeats distinct)."""
+    directory.mkdir(parents=True)
+    target, written, i = megabytes * 1e6, 0, 0
+    while written < target:
+        for text in iter_documents(["builtin:python-stdlib"]):
+            doc = f"# copy {i}\n{text}"
+            (directory / f"{i:06d}.py").write_text(doc, encoding="utf-8")
+            written += len(doc.encode())
+            i += 1
+            if written >= target:
+                break
+    return directory
+
+
+def time_prepare(sources: list[str], tokenizer: Path, out: Path, workers: int, repeats: int) -> dict:
+    """Median wall time of full prepare_dataset runs with `workers` processes."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        prepare_dataset(sources, out, tokenizer_dir=tokenizer, workers=workers, force=True, progress=False)
+        times.append(time.perf_counter() - start)
+    m = load_manifest(out)
+    seconds = statistics.median(times)
+    return {"workers": workers, "seconds": seconds, "MB": m["source_bytes"]["total"] / 1e6,
+            "MB/s": m["source_bytes"]["total"] / 1e6 / seconds, "tokens": m["tokens"]["total"]}
+
+
+def time_loader(dataset_dir: Path, micro_batch_size: int, seq_len: int, batches: int) -> dict:
+    """Batches/s of DataLoader.next_batch on the prepared dataset (page cache warm after the first pass)."""
+    from train.dataloader import DataLoader, TokenDataset  # torch is imported only here, not in the workers
+
+    loader = DataLoader(TokenDataset(dataset_dir), micro_batch_size, seq_len, seed=0)
+    for _ in range(10):
+        loader.next_batch()
+    start = time.perf_counter()
+    for _ in range(batches):
+        loader.next_batch()
+    seconds = time.perf_counter() - start
+    return {"micro_batch_size": micro_batch_size, "seq_len": seq_len, "batches/s": batches / seconds,
+            "tokens/s": batches * micro_batch_size * seq_len / seconds}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", nargs="+", help="sources to tokenize (default: a generated stdlib corpus)")
+    p.add_argument("--mb", type=float, default=20, help="size of the generated corpus in MB")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: train a 4096-id one on 8 MB of the corpus)")
+    p.add_argument("--workers", type=int, nargs="+", help="worker counts to time (default: 1, 2, all cores)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per worker count (the median is reported)")
+    p.add_argument("--out", help="JSON path (default: benchmarks/results/data_prep.json)")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="data-prep-bench-"))
+    try:
+        sources = args.input or [str(make_corpus(tmp / "corpus", args.mb))]
+        if args.tokenizer:
+            tokenizer = Path(args.tokenizer)
+        else:
+            tokenizer = tmp / "tokenizer"
+            train_tokenizer(iter_documents(sources), 4096, tokenizer, sample_mb=8, progress=False)
+        counts = args.workers or sorted({1, 2, os.cpu_count() or 1})
+        rows = [time_prepare(sources, tokenizer, tmp / "dataset", w, args.repeats) for w in counts]
+        base = next((r["MB/s"] for r in rows if r["workers"] == 1), None)
+        for r in rows:
+            r["speedup"] = r["MB/s"] / base if base else None
+        loader = [time_loader(tmp / "dataset", 8, 1024, 300), time_loader(tmp / "dataset", 32, 2048, 100)]
+        vocab = Tokenizer.load(tokenizer).vocab_size
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"tokenization ({rows[0]['MB']:.1f} MB, vocab {vocab}, {os.cpu_count()} CPUs)")
+    print_table(rows, ["workers", "seconds", "MB/s", "speedup", "tokens"])
+    print("\nloader (memory-mapped, int64 batches)")
+    print_table(loader, ["micro_batch_size", "seq_len", "batches/s", "tokens/s"])
+    payload = {"benchmark": "data_prep", "env": environment(), "sources": args.input or f"generated {args.mb} MB",
+               "vocab_size": vocab, "tokenization": rows, "loader": loader}
+    print(f"\nwrote {write_result('data_prep', payload, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
