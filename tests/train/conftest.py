@@ -35,14 +35,14 @@ class TinyData:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> TinyData:
-    """A prepared dataset (tokenizer with 512 ids, 10% validation) built from `make_corpus`."""
+    """A prepared dataset (tokenizer with 384 ids, 10% validation) built from `make_corpus`."""
     from data.prepare_data import prepare_dataset
 
     root = tmp_path_factory.mktemp("train_data")
     corpus = make_corpus(root / "corpus")
-    out = prepare_dataset([str(corpus)], root / "dataset", vocab_size=512, val_fraction=0.1, workers=1,
+    out = prepare_dataset([str(corpus)], root / "dataset", vocab_size=384, val_fraction=0.1, workers=1,
                           progress=False)
-    return TinyData(out, out / "tokenizer", 512)
+    return TinyData(out, out / "tokenizer", 384)
 
 
 def tiny_config(out_dir: Path, data: TinyData, *overrides: str) -> Config:

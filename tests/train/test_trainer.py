@@ -14,7 +14,6 @@ from model import Transformer
 from train import trainer as trainer_mod
 from train.checkpoint import find_checkpoint, load_model, load_training_state
 from train.errors import CheckpointError, ConfigError
-from train.optim import build_optimizer
 from train.parallel import World
 from train.trainer import StepRunner, TrainingStopped, train
 
@@ -39,7 +38,7 @@ def test_tiny_run_learns(tmp_path, tiny_data):
     evals = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r]
     assert [r["step"] for r in evals] == [40, 80]
     ln_vocab = math.log(tiny_data.vocab_size)
-    assert evals[-1]["val_loss"] < 0.5 * ln_vocab  # well below chance (6.24 nats for 512 ids)
+    assert evals[-1]["val_loss"] < 0.5 * ln_vocab  # well below chance (5.95 nats for 384 ids)
     assert evals[-1]["val_ppl"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
     assert 0 < evals[-1]["val_bpb"] < evals[-1]["val_loss"] / math.log(2)  # > 1 byte per token
     train_records = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
@@ -53,9 +52,12 @@ def test_tiny_run_learns(tmp_path, tiny_data):
 
 
 def _model_and_runner(cfg, seed=0):
+    """A model and its step runner with plain SGD, whose update is -lr * grad: comparing updates compares the
+    accumulated gradients. (AdamW's first update is about lr * sign(grad), which turns float-rounding noise in
+    near-zero gradients into lr-sized differences.)"""
     torch.manual_seed(seed)
     model = Transformer(cfg.model)
-    opt = build_optimizer(model, cfg.optim, "cpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     return model, StepRunner(model, opt, scaler, torch.device("cpu"), "fp32", "fp32", cfg.optim.grad_clip, World())
 
@@ -67,7 +69,7 @@ def test_accumulation_matches_one_big_batch(tmp_path, tiny_data):
     x, y = tokens[:, :-1], tokens[:, 1:]
     big_model, big = _model_and_runner(cfg)
     small_model, small = _model_and_runner(cfg)
-    for _ in range(2):  # two updates, so AdamW's moments are compared too
+    for _ in range(3):
         loss_big, norm_big, _ = big([(x, y)])
         loss_small, norm_small, _ = small([(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)])
         assert loss_small == pytest.approx(loss_big, abs=1e-5)
@@ -172,8 +174,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, tiny_data, monkeypatch
 
 
 def test_config_and_model_are_untouched_by_training(tmp_path, tiny_data):
-    cfg = tiny_config(tmp_path / "run", tiny_data, "train.max_steps=2", "train.sample_tokens=0")
+    cfg = tiny_config(tmp_path / "run", tiny_data, "train.max_steps=3", "train.sample_tokens=0")
     before = copy.deepcopy(cfg)
     train(cfg)
     assert cfg == before
-    assert find_checkpoint(tmp_path / "run").name == "step_0000002"
+    assert find_checkpoint(tmp_path / "run").name == "step_0000003"
