@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--out", help="JSON path (default: benchmarks/results/data_prep.json)")
     args = p.parse_args()
 
+    load_before = os.getloadavg()[0]  # other work on the machine skews the numbers: record it
     tmp = Path(tempfile.mkdtemp(prefix="data-prep-bench-"))
     try:
         sources = args.input or [str(make_corpus(tmp / "corpus", args.mb))]
@@ -96,12 +97,14 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"tokenization ({rows[0]['MB']:.1f} MB, vocab {vocab}, {os.cpu_count()} CPUs)")
+    load = (load_before, os.getloadavg()[0])
+    print(f"tokenization ({rows[0]['MB']:.1f} MB, vocab {vocab}, {os.cpu_count()} CPUs, "
+          f"1-min load average {load[0]:.1f} before / {load[1]:.1f} after)")
     print_table(rows, ["workers", "seconds", "MB/s", "speedup", "tokens"])
     print("\nloader (memory-mapped, int64 batches)")
     print_table(loader, ["micro_batch_size", "seq_len", "batches/s", "tokens/s"])
     payload = {"benchmark": "data_prep", "env": environment(), "sources": args.input or f"generated {args.mb} MB",
-               "vocab_size": vocab, "tokenization": rows, "loader": loader}
+               "vocab_size": vocab, "load_average_1min": load, "tokenization": rows, "loader": loader}
     print(f"\nwrote {write_result('data_prep', payload, args.out)}")
 
 
