@@ -218,7 +218,10 @@ def prepare_dataset(
             "workers": workers,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        with open(tmp / MANIFEST, "w") as f:
+            f.write(json.dumps(manifest, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
     if progress:
         print(f"wrote {out}: {manifest['tokens']['train']:,} train + {manifest['tokens']['val']:,} val tokens "
               f"({manifest['bytes_per_token']['total']:.2f} bytes/token, {manifest['replaced_bytes']} bytes replaced)")

@@ -25,6 +25,7 @@ import re
 import sys
 import sysconfig
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +264,7 @@ def _read_jsonl(path: Path, text_field: str, stats: SourceStats) -> Iterator[str
                 text, bad = replace_surrogates(_field(record, text_field, f"{path}:{lineno}"))
                 stats.replaced_bytes += bad
                 yield text
-    except (OSError, EOFError) as e:  # unreadable file, or a truncated / corrupt gzip stream
+    except (OSError, EOFError, zlib.error) as e:  # unreadable file, or a truncated / corrupt gzip stream
         raise DataError(f"cannot read {path}: {e}") from None
 
 

@@ -112,9 +112,15 @@ def test_json_line_without_text_field_names_file_and_line(tmp_path):
 
 def test_corrupt_gzip(tmp_path):
     data = gzip.compress(b'{"text": "x"}\n' * 1000)
-    (tmp_path / "t.jsonl.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "t.jsonl.gz").write_bytes(data[: len(data) // 2])  # truncated stream
     with pytest.raises(DataError, match=r"cannot read .*t\.jsonl\.gz"):
         docs_of([tmp_path / "t.jsonl.gz"])
+    (tmp_path / "u.jsonl.gz").write_bytes(data[:20] + bytes(len(data) - 20))  # garbage after a valid header
+    with pytest.raises(DataError, match=r"cannot read .*u\.jsonl\.gz"):
+        docs_of([tmp_path / "u.jsonl.gz"])
+    (tmp_path / "v.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"cannot read .*v\.jsonl\.gz"):
+        docs_of([tmp_path / "v.jsonl.gz"])
 
 
 def test_corrupt_parquet_and_missing_column(tmp_path):
