@@ -161,8 +161,10 @@ def train_tokenizer(
         print(f"training a {vocab_size}-token BPE tokenizer on {n_bytes / MB:.1f} MB of text", file=sys.stderr)
     try:
         model = _train_model(sentences, vocab_size, seed, progress)
-    except RuntimeError as e:  # SentencePiece reports impossible settings (vocab too big/small for the text) so
-        reason = str(e).rsplit("] ", 1)[-1]  # drop the C++ source location in front of the message
+    except RuntimeError as e:
+        # SentencePiece raises RuntimeError for settings the text cannot satisfy (a vocab too large for the text,
+        # or too small for its characters); keep its message without the C++ source location in front.
+        reason = str(e).rsplit("] ", 1)[-1] or str(e)
         raise DataError(f"cannot train a {vocab_size}-token tokenizer on {n_bytes / MB:.2f} MB of text: {reason}") \
             from None
     meta = {
