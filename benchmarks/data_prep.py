@@ -1,7 +1,8 @@
 """Data preparation speed: python benchmarks/data_prep.py [--input SOURCES...] [--mb 20] [--tokenizer DIR]
 
 Tokenizes the same corpus with 1 worker, 2 workers and all cores (whole prepare_dataset calls: reading, pool
-start-up, tokenization, shard writing), reports MB/s of source text and the speed-up over 1 worker, then times
+start-up, tokenization, shard writing), reports MB/s of source text, the speed-up over 1 worker and the CPU time
+spent (this process + workers; on a busy machine wall time grows but CPU time does not), then times
 the DataLoader on the result. Without --input it builds a ~20 MB corpus from the Python standard library
 (repeated as needed). Prints a table and writes JSON under benchmarks/results/.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -42,15 +44,24 @@ def make_corpus(directory: Path, megabytes: float) -> Path:
 
 def time_prepare(sources: list[str], tokenizer: Path, out: Path, workers: int, repeats: int) -> dict:
     """Median wall time of full prepare_dataset runs with `workers` processes."""
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
+        before = _cpu_seconds()
         start = time.perf_counter()
         prepare_dataset(sources, out, tokenizer_dir=tokenizer, workers=workers, force=True, progress=False)
         times.append(time.perf_counter() - start)
+        cpu.append(_cpu_seconds() - before)
     m = load_manifest(out)
     seconds = statistics.median(times)
-    return {"workers": workers, "seconds": seconds, "MB": m["source_bytes"]["total"] / 1e6,
-            "MB/s": m["source_bytes"]["total"] / 1e6 / seconds, "tokens": m["tokens"]["total"]}
+    return {"workers": workers, "seconds": seconds, "cpu_seconds": statistics.median(cpu),
+            "MB": m["source_bytes"]["total"] / 1e6, "MB/s": m["source_bytes"]["total"] / 1e6 / seconds,
+            "tokens": m["tokens"]["total"]}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (the pool workers are joined by prepare_dataset)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def time_loader(dataset_dir: Path, micro_batch_size: int, seq_len: int, batches: int) -> dict:
@@ -100,7 +111,7 @@ def main() -> None:
     load = (load_before, os.getloadavg()[0])
     print(f"tokenization ({rows[0]['MB']:.1f} MB, vocab {vocab}, {os.cpu_count()} CPUs, "
           f"1-min load average {load[0]:.1f} before / {load[1]:.1f} after)")
-    print_table(rows, ["workers", "seconds", "MB/s", "speedup", "tokens"])
+    print_table(rows, ["workers", "seconds", "cpu_seconds", "MB/s", "speedup", "tokens"])
     print("\nloader (memory-mapped, int64 batches)")
     print_table(loader, ["micro_batch_size", "seq_len", "batches/s", "tokens/s"])
     payload = {"benchmark": "data_prep", "env": environment(), "sources": args.input or f"generated {args.mb} MB",
