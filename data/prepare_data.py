@@ -160,7 +160,8 @@ def prepare_dataset(
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
     if vocab_size is not None and vocab_size <= 0:
         raise DataError(f"vocab_size must be positive, got {vocab_size}")
-    resolved = resolve_sources(list(sources))
+    sources = [str(sources)] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
+    resolved = resolve_sources(sources)
     workers = workers or available_cpus()
 
     inside = tokenizer_dir is None
@@ -209,7 +210,7 @@ def prepare_dataset(
             },
             "vocab_size": tokenizer.vocab_size,
             "eos_id": tokenizer.eos_id,
-            "sources": [str(s) for s in sources],
+            "sources": sources,
             "text_field": text_field,
             "val_fraction": val_fraction,
             "split_rule": "a document is val when blake2b(utf8 text, digest_size=8) as little-endian uint64 "
