@@ -8,8 +8,8 @@ import random
 import pytest
 from hypothesis import given, settings
 
-from Tokenizer.hf_export import export_hf_tokenizer
 from tests.tokenizer.strategies import TRICKY, any_text
+from Tokenizer.hf_export import export_hf_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import re
 import shutil
 
@@ -53,6 +54,13 @@ def test_encode_batch_equals_encode(tiny_tokenizer, tiny_corpus_texts):
     assert tiny_tokenizer.encode_batch([]) == []
 
 
+def test_survives_pickling_for_worker_processes(tiny_tokenizer):
+    clone = pickle.loads(pickle.dumps(tiny_tokenizer))
+    text = "def f(x):\n    return x\u2581 😀"
+    assert clone.encode(text) == tiny_tokenizer.encode(text)
+    assert (clone.content_hash, clone.directory) == (tiny_tokenizer.content_hash, tiny_tokenizer.directory)
+
+
 def test_content_hash_is_the_sha256_of_the_model_file(tiny_tokenizer):
     expected = hashlib.sha256((tiny_tokenizer.directory / MODEL_FILE).read_bytes()).hexdigest()
     assert tiny_tokenizer.content_hash == expected
@@ -74,6 +82,11 @@ def test_training_is_deterministic(tiny_tokenizer, tiny_corpus_texts, tmp_path):
 def test_load_missing_directory_names_the_path(tmp_path):
     with pytest.raises(DataError, match=re.escape(str(tmp_path / "nope"))):
         Tokenizer.load(tmp_path / "nope")
+
+
+def test_load_given_the_model_file_says_to_pass_its_directory(tiny_tokenizer):
+    with pytest.raises(DataError, match="pass the directory"):
+        Tokenizer.load(tiny_tokenizer.directory / MODEL_FILE)
 
 
 def test_load_unreadable_model_names_the_path(tmp_path):
