@@ -5,10 +5,11 @@
     hf(text)["input_ids"] == Tokenizer.load(tokenizer_dir).encode(text)      # no BOS, no EOS: like our training
     hf.decode(ids, skip_special_tokens=True) == Tokenizer.decode(ids)
 
-The `tokenizers` pipeline is built here directly rather than through transformers' LlamaConverter, which assumes
-Llama's dummy prefix and folds a literal U+2581 into a space. In the exported vocabulary the SentencePiece space
-marker U+2581 is written as a real space, so no normalizer is needed and a literal U+2581 in the text, which is
-not in that vocabulary, falls back to its three byte tokens exactly as Tokenizer.encode() does.
+The `tokenizers` pipeline is built here directly: transformers' own conversion of this model (LlamaTokenizer)
+gives other ids, because it puts a space in front of every text and reads a literal U+2581 as a space. In the
+exported vocabulary the SentencePiece space marker U+2581 is written as a real space, so no normalizer is needed
+and a literal U+2581 in the text, which is not in that vocabulary, falls back to its three byte tokens exactly as
+Tokenizer.encode() does. Merges are derived from the piece scores (SentencePiece BPE keeps no merge list).
 
 Special tokens are never matched inside text (split_special_tokens=True): the string "</s>" in a document is
 text, as it is for SentencePiece. The post-processor adds nothing; append `eos_token_id` yourself where a
@@ -57,7 +58,7 @@ def _vocab_and_merges(sp: spm.SentencePieceProcessor) -> tuple[dict[str, int], l
 
 
 def export_hf_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json for transformers.AutoTokenizer."""
+    """Write tokenizer.json and tokenizer_config.json into out_dir for transformers.AutoTokenizer.from_pretrained."""
     from tokenizers import Regex, decoders, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
     from transformers import PreTrainedTokenizerFast
