@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from train.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Under torchrun every rank meets the same error; rank 0 alone reports it, the others just exit.
+    report = int(os.environ.get("RANK", 0)) == 0
     try:
         cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", 1)))
         if args.print_config:
@@ -35,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
 
         result = train(cfg)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if report:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
+        if report:
+            print(f"error: {e}", file=sys.stderr)
         return 1
     if result.interrupted is not None:
         return 128 + result.interrupted

@@ -24,16 +24,25 @@ from model import Transformer
 from train import checkpoint as ckpt
 from train.config import Config
 from train.errors import CheckpointError, ConfigError
+from train.memory import estimate_memory
 from train.metrics import MetricsLogger, resolve_peak_flops
 from train.optim import build_optimizer, lr_at, set_lr
 from train.parallel import (
     World,
     apply_parallelism,
     autocast,
+    broadcast_object,
+    check_full_model_state,
     close_world,
+    full_model_state,
+    full_optimizer_state,
     grad_sync,
     init_world,
+    load_full_model_state,
+    load_full_optimizer_state,
+    on_main,
     pick_device,
+    reshard,
     resolve_parallel,
     resolve_precision,
 )
@@ -123,18 +132,22 @@ class Trainer:
         self.cfg = cfg
         t = cfg.train
         self.device = pick_device(t.device, self.world)
-        self.precision = resolve_precision(t.precision, self.device)
         self.parallel = resolve_parallel(t.parallel, self.world)
+        self.precision = resolve_precision(t.precision, self.device, self.parallel)
         self.accum = cfg.grad_accum_steps(self.world.world_size)
         self.out_dir = Path(t.out_dir)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        resume_from = self._resume_source()
+        # Rank 0 decides (it alone may see the checkpoints, e.g. on another node's disk) and tells the others.
+        resume_from = broadcast_object(self.world, on_main(self.world, self._resume_source))
         self._setup_data()
-        self.raw_model = self._build_model(resume_from)
-        self.model = apply_parallelism(self.raw_model, cfg, self.device, self.world, self.precision)
+        self.raw_model = self._build_model(resume_from)  # FSDP: already sharded in place
+        if self.parallel == "fsdp":
+            self.model = self.raw_model
+        else:
+            self.model = apply_parallelism(self.raw_model, cfg, self.device, self.world, self.precision)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         # FSDP2's mixed-precision policy casts parameters itself; autocast is for everything else.
@@ -151,8 +164,9 @@ class Trainer:
         self.skipped_steps = 0
         self.stop_signal: int | None = None
         if resume_from is not None:
-            self.load_trainer_state(ckpt.load_training_state(resume_from))
-            self._info(f"resumed from {resume_from} at step {self.step}")
+            saved_world = self.load_trainer_state(on_main(self.world, lambda: _read_trainer_state(resume_from)))
+            ranks = f" (saved by {saved_world} rank(s))" if saved_world != self.world.world_size else ""
+            self._info(f"resumed from {resume_from} at step {self.step}{ranks}")
 
         if self.world.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +205,10 @@ class Trainer:
         d, t = self.cfg.data, self.cfg.train
         dataset_dir = Path(d.dataset_dir)
         tokenizer_dir = Path(d.tokenizer_dir) if d.tokenizer_dir else dataset_dir / "tokenizer"
-        if self.world.is_main and not (dataset_dir / "manifest.json").is_file():
+
+        def prepare() -> None:
+            if (dataset_dir / "manifest.json").is_file():
+                return
             self._info(f"preparing dataset {dataset_dir} from {', '.join(d.sources)}")
             prepare_dataset(
                 d.sources,
@@ -204,7 +221,8 @@ class Trainer:
                 tokenizer_sample_mb=d.tokenizer_sample_mb,
                 progress=self.cfg.log.progress,
             )
-        self._barrier()
+
+        on_main(self.world, prepare)  # the other ranks wait for it, and stop with its error if it fails
         self.tokenizer_dir = tokenizer_dir
         self.tokenizer = Tokenizer.load(tokenizer_dir)
         self.dataset = TokenDataset(dataset_dir)
@@ -215,27 +233,61 @@ class Trainer:
         )
 
     def _build_model(self, resume_from: Path | None) -> Transformer:
-        """Build on the meta device, materialize on the target device, then init (or load) the weights."""
+        """Build on the meta device, materialize on the target device, then init (or load) the weights.
+
+        Under FSDP the model is sharded while still on the meta device, so no GPU ever holds all of it: rank 0
+        makes the full weights on the CPU (the seeded init, or the checkpoint's) and each rank loads its shards.
+        Otherwise every rank inits the same seeded weights; a checkpoint is read by rank 0 and broadcast.
+        """
         with torch.device("meta"):
             model = Transformer(self.cfg.model)
-        model.to_empty(device=self.device)
-        torch.manual_seed(self.cfg.train.seed)
-        model.init_weights()
-        if resume_from is not None:
-            saved = ckpt.load_checkpoint_config(resume_from).model
-            if saved != self.cfg.model:
-                raise CheckpointError(
-                    f"checkpoint {resume_from} was trained with a different model config ({saved}); "
-                    f"this run has {self.cfg.model}"
-                )
-            ckpt.load_weights_into(model, resume_from)
+        if self.parallel == "fsdp":
+            apply_parallelism(model, self.cfg, self.device, self.world, self.precision)
+            model.to_empty(device=self.device)
+            model.rope.reset_parameters()  # the non-persistent RoPE tables are in no state dict
+            torch.manual_seed(self.cfg.train.seed)
+            weights = on_main(self.world, lambda: self._full_weights(model, resume_from))
+            load_full_model_state(model, weights or {})
+            # Rank 0 alone drew the init: give every rank the RNG state it would have after drawing it too.
+            torch.set_rng_state(broadcast_object(self.world, torch.get_rng_state()))
+        else:
+            model.to_empty(device=self.device)
+            torch.manual_seed(self.cfg.train.seed)
+            model.init_weights()
+            if resume_from is not None:
+                weights = on_main(self.world, lambda: self._checkpoint_weights(model, resume_from))
+                load_full_model_state(model, weights or {})
         n = model.num_params()
         self._info(
             f"model: {n / 1e6:.2f}M parameters ({model.num_params(False) / 1e6:.2f}M without embeddings), "
             f"device {self.device}, precision {self.precision}, parallel {self.parallel}, "
             f"{self.world.world_size} rank(s), {self.accum} micro batch(es) per step"
         )
+        self._info(estimate_memory(self.cfg, self.world.world_size, self.parallel, self.precision).summary())
         return model
+
+    def _checkpoint_weights(self, model: Transformer, resume_from: Path) -> dict[str, torch.Tensor]:
+        """The checkpoint's full weights on the CPU, checked against this run's model (rank 0)."""
+        saved = ckpt.load_checkpoint_config(resume_from).model
+        if saved != self.cfg.model:
+            raise CheckpointError(
+                f"checkpoint {resume_from} was trained with a different model config ({saved}); "
+                f"this run has {self.cfg.model}"
+            )
+        weights = ckpt.read_weights(resume_from)
+        check_full_model_state(model, weights, str(resume_from / ckpt.WEIGHTS))
+        return weights
+
+    def _full_weights(self, model: Transformer, resume_from: Path | None) -> dict[str, torch.Tensor]:
+        """Rank 0's full weights for an FSDP model: the checkpoint's, or a seeded init on the CPU (the same
+        numbers as a single-process CPU run)."""
+        if resume_from is not None:
+            return self._checkpoint_weights(model, resume_from)
+        with torch.device("meta"):
+            full = Transformer(self.cfg.model)
+        full.to_empty(device="cpu")
+        full.init_weights()
+        return ckpt.model_state_dict(full)
 
     def _barrier(self) -> None:
         if dist.is_initialized() and self.world.distributed:
@@ -250,7 +302,9 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
             "skipped_steps": self.skipped_steps,
-            "optimizer": self.optimizer.state_dict(),
+            # Keyed by parameter name and full (gathered to rank 0 under FSDP): portable between none, DDP and
+            # FSDP and across world sizes. Collective under FSDP; {} on ranks other than 0.
+            "optimizer": full_optimizer_state(self.raw_model, self.optimizer),
             "scaler": self.scaler.state_dict(),
             # The schedule is a pure function of the step and the config; saved for completeness.
             "scheduler": {"schedule": self.cfg.optim.schedule, "step": self.step},
@@ -263,22 +317,33 @@ class Trainer:
             "world_size": self.world.world_size,
         }
 
-    def load_trainer_state(self, state: dict) -> None:
+    def load_trainer_state(self, state: dict | None) -> int:
+        """Restore what trainer_state() saved, given on rank 0 (other ranks may pass None: they get rank 0's,
+        and their optimizer shards). Returns the world size the state was saved with."""
+        optim_state = state["optimizer"] if state is not None else None
+        if state is not None:
+            state = {k: v for k, v in state.items() if k != "optimizer"}
+            state["has_optimizer"] = optim_state is not None
+        state = broadcast_object(self.world, state)
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.best_val_loss = state["best_val_loss"]
         self.skipped_steps = state["skipped_steps"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["has_optimizer"]:
+            load_full_optimizer_state(self.raw_model, self.optimizer, optim_state or {})
         self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         random.setstate(state["rng"]["python"])
+        return int(state.get("world_size", 1))
 
     def save_checkpoint(self) -> Path | None:
-        """Write checkpoints/step_NNNNNNN (rank 0) from the unwrapped model; all ranks wait for it."""
-        weights = ckpt.model_state_dict(self.raw_model)
+        """Write checkpoints/step_NNNNNNN (rank 0) from the unwrapped model; all ranks wait for it.
+
+        Every rank takes part in gathering the full weights and optimizer state (FSDP); rank 0 writes them."""
+        weights = full_model_state(self.raw_model)
         state = self.trainer_state()
         path = None
         if self.world.is_main:
@@ -309,6 +374,7 @@ class Trainer:
         if self.world.distributed:
             dist.all_reduce(total)
             dist.all_reduce(count)
+        reshard(self.model)
         self.model.train()
         val_loss = (total / count).item()
         bytes_per_token = self.dataset.bytes_per_token("val")
@@ -323,9 +389,13 @@ class Trainer:
     def sample(self) -> str:
         """A short continuation of train.sample_prompt (top-k sampling with a fixed seed of its own, so it
         never touches the training RNG)."""
-        return sample_text(
+        # Under FSDP every rank must run the same forwards (they all-gather the weights); the generator is
+        # seeded and the logits are identical on every rank, so all ranks stop at the same token.
+        text = sample_text(
             self.raw_model, self.tokenizer, self.cfg.train.sample_prompt, self.cfg.train.sample_tokens, self.device
         )
+        reshard(self.raw_model)
+        return text
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
@@ -384,7 +454,7 @@ class Trainer:
                     window_start, window_tokens = time.perf_counter(), 0
 
                 last_step = self.step == t.max_steps
-                halt = self.stop_signal is not None or self.step == t.stop_at_step
+                halt = self._stop_requested() or self.step == t.stop_at_step
                 if self.step % t.eval_interval == 0 or last_step:
                     self._run_eval()
                     window_start, window_tokens = time.perf_counter(), 0
@@ -402,6 +472,14 @@ class Trainer:
         final = self.last_val_loss[1] if self.last_val_loss and self.last_val_loss[0] == self.step else None
         return TrainResult(self.step, self.tokens_seen, final, last_ckpt, self.stop_signal)
 
+    def _stop_requested(self) -> bool:
+        """True when this rank or any other got SIGINT/SIGTERM: all ranks must stop (and save) at one step."""
+        if self.world.distributed:
+            signum = torch.tensor(self.stop_signal or 0, device=self.device)
+            dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+            self.stop_signal = int(signum.item()) or None
+        return self.stop_signal is not None
+
     def _run_eval(self) -> None:
         record = self.evaluate()
         self.last_val_loss = (self.step, record["val_loss"])
@@ -416,6 +494,17 @@ class Trainer:
         if text:
             self._info(f"sample: {json.dumps(self.cfg.train.sample_prompt + text)}")
             self.metrics.log_text("sample", self.cfg.train.sample_prompt + text, self.step)
+
+
+@torch.no_grad()
+def _read_trainer_state(ckpt_dir: Path) -> dict:
+    """trainer_state.pt, checked to hold a name-keyed optimizer state (rank 0)."""
+    state = ckpt.load_training_state(ckpt_dir)
+    optim_state = state.get("optimizer")
+    if optim_state is not None and any(not isinstance(k, str) for k in optim_state.get("state", {})):
+        raise CheckpointError(f"{ckpt_dir / ckpt.STATE} keys the optimizer state by position, not by parameter "
+                              "name (an older format): it cannot be resumed")
+    return state
 
 
 @torch.no_grad()
