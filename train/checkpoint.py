@@ -91,7 +91,7 @@ def load_weights_into(model: Transformer, ckpt_dir: str | Path) -> None:
     """Load model.safetensors into a model of the matching shape (strict, up to the tied head)."""
     path = Path(ckpt_dir) / WEIGHTS
     state = read_weights(ckpt_dir)
-    if model.cfg.tie_embeddings:
+    if model.cfg.tie_embeddings and "tok_embeddings.weight" in state:
         state.setdefault("output.weight", state["tok_embeddings.weight"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
