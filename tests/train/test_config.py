@@ -120,7 +120,7 @@ def test_shared_base_is_not_a_cycle(tmp_path):
 
 def test_missing_base_names_the_path(tmp_path):
     path = write(tmp_path / "a.yaml", {"base": "nowhere.yaml"})
-    with pytest.raises(ConfigError, match="nowhere.yaml"):
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml"):
         load_config(path)
 
 
@@ -132,7 +132,7 @@ def test_base_of_wrong_type(tmp_path, base):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="missing.yaml"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
 
 
@@ -141,14 +141,14 @@ def test_missing_file(tmp_path):
 )
 def test_bad_yaml_names_the_file(tmp_path, text):
     path = write(tmp_path / "broken.yaml", text)
-    with pytest.raises(ConfigError, match="broken.yaml"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml"):
         load_config(path)
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "42\n", "just a string\n"], ids=["list", "int", "str"])
 def test_non_mapping_file_names_the_file(tmp_path, text):
     path = write(tmp_path / "notamap.yaml", text)
-    with pytest.raises(ConfigError, match="notamap.yaml"):
+    with pytest.raises(ConfigError, match=r"notamap\.yaml"):
         load_config(path)
 
 
