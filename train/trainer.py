@@ -231,6 +231,7 @@ class Trainer:
             self.dataset, t.micro_batch_size, t.seq_len, seed=t.seed,
             rank=self.world.rank, world_size=self.world.world_size,
         )
+        next(iter(self.loader.validation_batches(1)))  # fail now, not at the first evaluation, if val is too small
 
     def _build_model(self, resume_from: Path | None) -> Transformer:
         """Build on the meta device, materialize on the target device, then init (or load) the weights.
