@@ -109,7 +109,7 @@ class Transformer(nn.Module):
         each query attends to cached keys at or before its own position. An int start_pos attends to the
         first start_pos + T cache slots; a tensor start_pos (for compiled decode) attends to the whole cache
         with masked slots. key_mask, optional, hides key positions per row (left padding): (B, cache_len)
-        with a cache, (B, T) without one. Padding queries see no key; their logits are meaningless.
+        with a cache, (B, T) without one. A padding query sees only itself; its logits are meaningless.
         """
         T = tokens.shape[1]
         cache_len = self.cache_len
@@ -125,11 +125,15 @@ class Transformer(nn.Module):
             key_pos = torch.arange(kv_len, device=tokens.device)
             mask = key_pos[None, :] <= positions[:, None]  # (T, kv_len): explicit causal mask over the cache
             if key_mask is not None:
-                mask = mask[None, None] & key_mask[:, None, None, :kv_len]  # (B, 1, T, kv_len)
+                # Every query keeps its own slot: a padding query then has no all-masked row, which some
+                # attention kernels turn into NaN that would reach the real tokens' values in the next layer.
+                own = key_pos[None, :] == positions[:, None]
+                mask = (mask[None, None] & key_mask[:, None, None, :kv_len]) | own  # (B, 1, T, kv_len)
         elif key_mask is not None:
             # Without a cache the attention is causal over the T inputs; padding must be masked explicitly too.
             causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
-            mask = causal[None, None] & key_mask[:, None, None, :T]  # (B, 1, T, T)
+            own = torch.eye(T, dtype=torch.bool, device=tokens.device)  # as above: no all-masked row
+            mask = (causal[None, None] & key_mask[:, None, None, :T]) | own  # (B, 1, T, T)
 
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:

@@ -144,3 +144,28 @@ def test_limits_raise_value_error(make_model):
     with pytest.raises(ValueError, match="limit of 8"):
         model(torch.zeros(1, 3, dtype=torch.long), start_pos=6)
     model(torch.zeros(1, 2, dtype=torch.long), start_pos=6)  # fills the last slot exactly
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["no_cache", "cache"])
+@torch.no_grad()
+def test_padding_never_leaves_a_query_with_no_visible_key(make_model, monkeypatch, cached):
+    # An all-masked softmax row is NaN on some kernels; the NaN would then leak into real tokens' values.
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    model = make_model()
+    key_mask = torch.tensor([[False] * 5 + [True] * 3, [True] * 8])
+    if cached:
+        model.setup_cache(batch_size=2, max_len=8)
+    model(torch.zeros(2, 6, dtype=torch.long), key_mask=key_mask)
+    if cached:
+        model(torch.zeros(2, 1, dtype=torch.long), start_pos=torch.tensor(6), key_mask=key_mask)
+    assert len(masks) == model.cfg.n_layers * (2 if cached else 1)
+    for mask in masks:
+        assert mask is not None and mask.dtype == torch.bool
+        assert mask.any(dim=-1).all()
