@@ -2,9 +2,11 @@
 
 The train split is one long token stream cut into non-overlapping windows of seq_len + 1 tokens; x is a window's
 first seq_len tokens and y the same shifted by one. Each epoch visits the windows in a permutation seeded by
-(seed, epoch). Micro batch b of rank r takes permutation entries (b * micro_batch_size + j) * world_size + r, so
-ranks never share a window, and the position is a single count of windows consumed, which resumes exactly and
-even across a change of world size or micro batch size when the count divides evenly.
+(seed, epoch), and the epochs' permutations are read back to back as one endless stream (nothing is skipped at an
+epoch's end; a micro batch may span two epochs). Micro batch b of rank r takes stream positions
+(b * micro_batch_size + j) * world_size + r, so ranks never share a window, the windows of one optimizer step are
+the same whatever the world size and micro batch size, and the position is a single count of windows consumed,
+which resumes exactly, even across a change of world size or micro batch size when the count divides evenly.
 """
 
 from __future__ import annotations
@@ -127,21 +129,21 @@ class DataLoader:
         self.window = seq_len + 1
         self.n_windows = dataset.num_tokens("train") // self.window
         self.windows_per_step = micro_batch_size * world_size  # windows consumed by one micro batch on all ranks
-        self.batches_per_epoch = self.n_windows // self.windows_per_step  # the remainder is skipped each epoch
+        self.batches_per_epoch = self.n_windows // self.windows_per_step  # whole micro batches in one epoch
         if self.batches_per_epoch == 0:
             raise DataError(
                 f"the train split of {dataset.directory} has {dataset.num_tokens('train'):,} tokens, fewer than one "
                 f"micro batch of {micro_batch_size} x {self.window} tokens on each of {world_size} rank(s)"
             )
-        self.epoch = 0
-        self.batch = 0  # index in the epoch of the next micro batch
-        self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+        self.cursor = 0  # stream position of the next micro batch (windows consumed by all ranks, all epochs)
+        self._perms: dict[int, np.ndarray] = {}
 
-    def _permutation(self) -> np.ndarray:
-        if self._perm_epoch != self.epoch:
-            rng = np.random.Generator(np.random.PCG64([self.seed, self.epoch]))
-            self._perm, self._perm_epoch = rng.permutation(self.n_windows), self.epoch
-        return self._perm
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}  # at most two epochs in memory
+            self._perms[epoch] = rng.permutation(self.n_windows)
+        return self._perms[epoch]
 
     def _batch(self, split: str, window_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.stack([self.dataset.read(split, int(w) * self.window, self.window) for w in window_ids])
@@ -150,11 +152,9 @@ class DataLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) micro batch of this rank; a new epoch starts with a new permutation."""
-        if self.batch >= self.batches_per_epoch:
-            self.epoch, self.batch = self.epoch + 1, 0
-        first = self.batch * self.windows_per_step + self.rank
-        ids = self._permutation()[first : first + self.windows_per_step : self.world_size]
-        self.batch += 1
+        positions = range(self.cursor + self.rank, self.cursor + self.windows_per_step, self.world_size)
+        ids = np.array([self._permutation(p // self.n_windows)[p % self.n_windows] for p in positions])
+        self.cursor += self.windows_per_step
         return self._batch("train", ids)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,8 +166,8 @@ class DataLoader:
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
-            "epoch": self.epoch,
-            "consumed": self.batch * self.windows_per_step,  # windows of this epoch's permutation used, all ranks
+            "epoch": self.cursor // self.n_windows,
+            "consumed": self.cursor % self.n_windows,  # windows of this epoch's permutation used, all ranks
             "seq_len": self.seq_len,
             "n_windows": self.n_windows,
             "dataset": self.dataset.fingerprint,
@@ -183,12 +183,12 @@ class DataLoader:
         if state["dataset"] != self.dataset.fingerprint or state["n_windows"] != self.n_windows:
             raise DataError(f"the saved loader position belongs to another dataset than {self.dataset.directory} "
                             "(it was rebuilt or changed since the checkpoint)")
-        if state["consumed"] % self.windows_per_step:
+        cursor = int(state["epoch"]) * self.n_windows + int(state["consumed"])
+        if cursor % self.windows_per_step:
             raise DataError(f"the saved loader position ({state['consumed']} windows into epoch {state['epoch']}) "
                             f"is not a whole number of micro batches of {self.micro_batch_size} x "
                             f"{self.world_size} rank(s)")
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-        self.batch = int(state["consumed"]) // self.windows_per_step
+        self.seed, self._perms, self.cursor = int(state["seed"]), {}, cursor
 
     def validation_batches(self, n_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The same up to n_batches (x, y) validation micro batches every call; fewer if the val split is small.

@@ -53,15 +53,21 @@ class MemoryEstimate:
 
     def summary(self) -> str:
         """Two lines for the start of training."""
-        sharded = f" (sharded over {self.world_size} ranks)" if self.parallel == "fsdp" else ""
-        gb = lambda n: f"{n / GIB:.1f} GiB"
+        parts = [f"weights {_size(self.weights)}", f"grads {_size(self.gradients)}",
+                 f"AdamW {_size(self.optimizer)}" + (f" (sharded over {self.world_size})" if self.parallel == "fsdp"
+                                                     else "")]
+        if self.parallel != "none":
+            parts.append(f"{'FSDP gathered' if self.parallel == 'fsdp' else 'DDP buckets'} {_size(self.working)}")
+        ac = "on" if self.checkpointing else "off"
         return (
-            f"memory estimate per device (rough, +-30%): ~{gb(self.total)} = weights {gb(self.weights)} + "
-            f"grads {gb(self.gradients)} + AdamW {gb(self.optimizer)}{sharded} + "
-            f"{'FSDP gathered/unsharded' if self.parallel == 'fsdp' else 'DDP buckets'} {gb(self.working)}\n"
-            f"  + activations {gb(self.activations)} ({self.tokens} tokens per micro batch, activation "
-            f"checkpointing {'on' if self.checkpointing else 'off'}) + logits {gb(self.logits)}"
+            f"memory estimate per device (rough, +-30%): ~{_size(self.total)} = {' + '.join(parts)}\n"
+            f"  + activations {_size(self.activations)} ({self.tokens} tokens per micro batch, activation "
+            f"checkpointing {ac}) + logits {_size(self.logits)}"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def estimate_memory(cfg: Config, world_size: int, parallel: str, precision: str) -> MemoryEstimate:

@@ -175,7 +175,7 @@ def apply_parallelism(
 
         ids = [device.index] if device.type == "cuda" else None
         # The only buffers are the RoPE tables, identical on every rank: nothing to broadcast each step.
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
     if mode == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -206,3 +206,28 @@ def test_end_to_end_with_a_real_tokenizer(tmp_path):
     for row in range(2):
         assert tok.decode(x[row].tolist() + y[row, -1:].tolist()) in text
     assert int(x.max()) < tok.vocab_size
+
+
+def _step_windows(dataset, world: int, micro: int, steps: int, batch: int = 8, state: dict | None = None):
+    """Sorted window starts of each optimizer step of `batch` sequences, over all ranks, and the end state."""
+    loaders = [DataLoader(dataset, micro_batch_size=micro, seq_len=16, seed=7, rank=r, world_size=world)
+               for r in range(world)]
+    if state is not None:
+        for loader in loaders:
+            loader.load_state_dict(state)
+    accum = batch // (micro * world)
+    out = [sorted(s for _ in range(accum) for loader in loaders for s in starts(loader.next_batch()))
+           for _ in range(steps)]
+    return out, loaders[0].state_dict()
+
+
+def test_each_step_takes_the_same_windows_whatever_the_world_size_even_across_epochs(dataset):
+    # 60 windows and 8 per step: steps 8, 15 and 23 straddle epoch boundaries (a micro batch may too).
+    reference, _ = _step_windows(dataset, world=1, micro=8, steps=24)
+    for world, micro in [(2, 2), (4, 1), (1, 4), (2, 4)]:
+        assert _step_windows(dataset, world, micro, steps=24)[0] == reference, (world, micro)
+    # A position saved by 2 ranks inside epoch 1 (4 windows into it) resumes on 1 rank and on 4 ranks.
+    _, state = _step_windows(dataset, world=2, micro=2, steps=8)
+    assert (state["epoch"], state["consumed"]) == (1, 4)
+    assert _step_windows(dataset, world=1, micro=8, steps=16, state=state)[0] == reference[8:]
+    assert _step_windows(dataset, world=4, micro=2, steps=16, state=state)[0] == reference[8:]
