@@ -42,20 +42,23 @@ def make_corpus(directory: Path, megabytes: float) -> Path:
     return directory
 
 
-def time_prepare(sources: list[str], tokenizer: Path, out: Path, workers: int, repeats: int) -> dict:
-    """Median wall time of full prepare_dataset runs with `workers` processes."""
-    times, cpu = [], []
+def time_prepare(sources: list[str], tokenizer: Path, out: Path, counts: list[int], repeats: int) -> list[dict]:
+    """Median wall and CPU time of full prepare_dataset runs per worker count; the counts are interleaved in each
+    round, so a change in machine load hits all of them alike."""
+    times: dict[int, list[float]] = {w: [] for w in counts}
+    cpu: dict[int, list[float]] = {w: [] for w in counts}
     for _ in range(repeats):
-        before = _cpu_seconds()
-        start = time.perf_counter()
-        prepare_dataset(sources, out, tokenizer_dir=tokenizer, workers=workers, force=True, progress=False)
-        times.append(time.perf_counter() - start)
-        cpu.append(_cpu_seconds() - before)
+        for w in counts:
+            before = _cpu_seconds()
+            start = time.perf_counter()
+            prepare_dataset(sources, out, tokenizer_dir=tokenizer, workers=w, force=True, progress=False)
+            times[w].append(time.perf_counter() - start)
+            cpu[w].append(_cpu_seconds() - before)
     m = load_manifest(out)
-    seconds = statistics.median(times)
-    return {"workers": workers, "seconds": seconds, "cpu_seconds": statistics.median(cpu),
-            "MB": m["source_bytes"]["total"] / 1e6, "MB/s": m["source_bytes"]["total"] / 1e6 / seconds,
-            "tokens": m["tokens"]["total"]}
+    mb = m["source_bytes"]["total"] / 1e6
+    return [{"workers": w, "seconds": statistics.median(times[w]), "cpu_seconds": statistics.median(cpu[w]),
+             "MB": mb, "MB/s": mb / statistics.median(times[w]), "tokens": m["tokens"]["total"],
+             "runs_s": [round(t, 2) for t in times[w]]} for w in counts]
 
 
 def _cpu_seconds() -> float:
@@ -85,7 +88,7 @@ def main() -> None:
     p.add_argument("--mb", type=float, default=20, help="size of the generated corpus in MB")
     p.add_argument("--tokenizer", help="tokenizer directory (default: train a 4096-id one on 8 MB of the corpus)")
     p.add_argument("--workers", type=int, nargs="+", help="worker counts to time (default: 1, 2, all cores)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per worker count (the median is reported)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds over the worker counts (medians are reported)")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/data_prep.json)")
     args = p.parse_args()
 
@@ -99,7 +102,7 @@ def main() -> None:
             tokenizer = tmp / "tokenizer"
             train_tokenizer(iter_documents(sources), 4096, tokenizer, sample_mb=8, progress=False)
         counts = args.workers or sorted({1, 2, os.cpu_count() or 1})
-        rows = [time_prepare(sources, tokenizer, tmp / "dataset", w, args.repeats) for w in counts]
+        rows = time_prepare(sources, tokenizer, tmp / "dataset", counts, args.repeats)
         base = next((r["MB/s"] for r in rows if r["workers"] == 1), None)
         for r in rows:
             r["speedup"] = r["MB/s"] / base if base else None

@@ -87,23 +87,36 @@ def batch_documents(texts: Iterable[str], batch_chars: int) -> Iterator[list[str
         yield batch
 
 
-def encode_stream(
-    batches: Iterable[list[str]], tokenizer: Tokenizer, dtype: np.dtype, val_fraction: float, workers: int
-) -> Iterator[EncodedBatch]:
-    """EncodedBatch for each batch, in input order, from `workers` processes: this one plus workers - 1 in a pool."""
-    run_here = lambda texts: encode_documents(tokenizer, texts, dtype, val_fraction)
-    if workers <= 1:
-        yield from map(run_here, batches)
-        return
-    # spawn, not fork: the caller may be a training process with threads (CUDA, tqdm), which fork can deadlock.
-    pool = ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(str(tokenizer.directory),))
-    try:
-        yield from ordered_map(batches, run_here, lambda texts: pool.submit(_encode_in_worker, texts, dtype,
-                                                                            val_fraction),
-                               pool_slots=2 * (workers - 1), max_pending=4 * workers)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on an error, queued work is dropped, not finished
+class ParallelEncoder:
+    """Tokenizes document batches on `workers` processes: this one plus a pool of workers - 1."""
+
+    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype, val_fraction: float, workers: int):
+        self.tokenizer, self.dtype, self.val_fraction, self.workers = tokenizer, dtype, val_fraction, workers
+        self._pool = None
+        if workers > 1:
+            # spawn, not fork: numpy (OpenBLAS), torch and CUDA start threads, and forking a threaded process can
+            # deadlock the child. Spawned workers import their modules afresh (about half a second).
+            self._pool = ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(str(tokenizer.directory),))
+
+    def map(self, batches: Iterable[list[str]]) -> Iterator[EncodedBatch]:
+        """EncodedBatch for each batch, in input order."""
+        run_here = lambda texts: encode_documents(self.tokenizer, texts, self.dtype, self.val_fraction)
+        if self._pool is None:
+            return map(run_here, batches)
+        submit = lambda texts: self._pool.submit(_encode_in_worker, texts, self.dtype, self.val_fraction)
+        return ordered_map(batches, run_here, submit, pool_slots=2 * (self.workers - 1), max_pending=4 * self.workers)
+
+    def close(self) -> None:
+        """Stop the pool; queued work is dropped (after an error there is no one to take it)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ParallelEncoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def ordered_map(items: Iterable, run_here: Callable, submit: Callable[[object], Future], pool_slots: int,

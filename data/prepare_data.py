@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 from tqdm import tqdm
 
-from data.encode import batch_documents, encode_stream
+from data.encode import ParallelEncoder, batch_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter, load_manifest, token_dtype
 from data.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from Tokenizer import Tokenizer, train_tokenizer
@@ -89,8 +89,9 @@ def _tokenize_into(out: Path, sources: list[Source], tokenizer: Tokenizer, text_
     docs = dict.fromkeys(SPLITS, 0)
     batches = batch_documents(iter_sources(sources, text_field, stats), BATCH_CHARS)
     start = time.perf_counter()
-    with tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True) as bar:
-        for enc in encode_stream(batches, tokenizer, dtype, val_fraction, workers):
+    with (ParallelEncoder(tokenizer, dtype, val_fraction, workers) as encoder,
+          tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True) as bar):
+        for enc in encoder.map(batches):
             for split, toks, lengths, size in (("train", enc.train_tokens, enc.train_lengths, enc.train_bytes),
                                                ("val", enc.val_tokens, enc.val_lengths, enc.val_bytes)):
                 writers[split].add(toks, lengths)
