@@ -43,30 +43,31 @@ class ModelConfig:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * math.ceil(hidden / self.multiple_of)
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first field that is out of range or inconsistent."""
+    def validate(self, prefix: str = "") -> None:
+        """Raise ValueError naming the first field that is out of range or inconsistent (names get `prefix`)."""
+        p = prefix
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"{p}{name} must be positive, got {getattr(self, name)}")
         if self.n_kv_heads is not None and self.n_kv_heads <= 0:
-            raise ValueError(f"n_kv_heads must be positive, got {self.n_kv_heads}")
+            raise ValueError(f"{p}n_kv_heads must be positive, got {self.n_kv_heads}")
         if self.dim % self.n_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+            raise ValueError(f"{p}dim ({self.dim}) must be divisible by {p}n_heads ({self.n_heads})")
         if self.n_heads % self.kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+            raise ValueError(f"{p}n_heads ({self.n_heads}) must be divisible by {p}n_kv_heads ({self.kv_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE")
+            raise ValueError(f"head_dim = {p}dim / {p}n_heads = {self.head_dim} must be even for RoPE")
         if self.ffn_hidden_dim is not None and self.ffn_dim_multiplier is not None:
-            raise ValueError("set ffn_hidden_dim or ffn_dim_multiplier, not both")
+            raise ValueError(f"set {p}ffn_hidden_dim or {p}ffn_dim_multiplier, not both")
         if self.ffn_hidden_dim is not None and self.ffn_hidden_dim <= 0:
-            raise ValueError(f"ffn_hidden_dim must be positive, got {self.ffn_hidden_dim}")
+            raise ValueError(f"{p}ffn_hidden_dim must be positive, got {self.ffn_hidden_dim}")
         if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
-            raise ValueError(f"ffn_dim_multiplier must be positive, got {self.ffn_dim_multiplier}")
+            raise ValueError(f"{p}ffn_dim_multiplier must be positive, got {self.ffn_dim_multiplier}")
         if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+            raise ValueError(f"{p}norm_eps must be positive, got {self.norm_eps}")
         if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+            raise ValueError(f"{p}rope_theta must be positive, got {self.rope_theta}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"{p}dropout must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:
-            raise ValueError(f"init_std must be positive, got {self.init_std}")
+            raise ValueError(f"{p}init_std must be positive, got {self.init_std}")

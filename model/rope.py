@@ -32,6 +32,14 @@ class RotaryEmbedding(nn.Module):
         self.cos = cos.to(self.cos.device)
         self.sin = sin.to(self.sin.device)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) would round the tables to 3 significant digits; keep them fp32 (they are
+        # applied in fp32 anyway) and let only device moves through.
+        super()._apply(fn, recurse)
+        if self.cos.dtype != torch.float32:
+            self.reset_parameters()
+        return self
+
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for the given positions: (T,) -> two (T, head_dim // 2) tensors."""
         return self.cos[positions], self.sin[positions]

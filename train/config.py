@@ -112,9 +112,9 @@ class Config:
     def validate(self, world_size: int = 1) -> None:
         """Check cross-field rules; raise ConfigError naming the offending keys."""
         try:
-            self.model.validate()
+            self.model.validate(prefix="model.")
         except ValueError as e:
-            raise ConfigError(f"model: {e}") from None
+            raise ConfigError(str(e)) from None
         t, o, d = self.train, self.optim, self.data
         for key in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_interval", "eval_batches",
                     "save_interval", "keep_last", "max_bad_steps", "log_interval"):
@@ -284,9 +284,15 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(key: str) -> ConfigError:
+    """Suggest, in order: a similar key of the same section (`model.eps` -> `model.norm_eps`), the same key in
+    another section (`train.lr` -> `optim.lr`), or the closest key anywhere."""
     valid = _all_keys(Config) + [f.name for f in dataclasses.fields(Config)]
-    leaf = key.rsplit(".", 1)[-1]
-    guesses = [k for k in valid if k.rsplit(".", 1)[-1] == leaf]
+    section, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    close = close or [s for s in siblings if len(leaf) >= 3 and (leaf in s or s in leaf)][:1]
+    guesses = [f"{section}.{close[0]}" if section else close[0]] if close else []
+    guesses = guesses or [k for k in valid if k.rpartition(".")[2] == leaf]
     guesses = guesses or difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" (did you mean '{guesses[0]}'?)" if guesses else ""
     return ConfigError(f"unknown config key '{key}'{hint}")

@@ -86,3 +86,9 @@ def test_reset_parameters_rebuilds_tables():
     rope.reset_parameters()
     assert torch.equal(rope.cos, cos) and torch.equal(rope.sin, sin)
     assert "cos" in dict(rope.named_buffers()) and not rope.state_dict()
+
+
+def test_tables_stay_fp32_when_the_model_is_cast():
+    rope = RotaryEmbedding(head_dim=16, max_seq_len=4096, theta=10000.0).to(torch.bfloat16)
+    cos, sin = rope_tables(16, 4096, 10000.0)
+    assert rope.cos.dtype == torch.float32 and torch.equal(rope.cos, cos) and torch.equal(rope.sin, sin)

@@ -228,6 +228,7 @@ def test_malformed_override(base_file, item):
         ("optim.warmup=10", "optim.warmup", "optim.warmup_steps"),
         ("data.source=x.txt", "data.source", "data.sources"),
         ("trian.seed=1", "trian", "train"),
+        ("model.eps=1e-6", "model.eps", "model.norm_eps"),  # same section first, not optim.eps
     ],
 )
 def test_unknown_key_names_it_and_suggests_the_closest(base_file, item, key, suggestion):
@@ -412,3 +413,8 @@ def test_any_string_and_float_round_trip_through_yaml(prompt, sources, lr):
     cfg.train.sample_prompt, cfg.data.sources, cfg.optim.lr = prompt, sources, lr
     again = config_from_dict(parse_yaml(cfg.to_yaml(), "resolved"))
     assert again == cfg
+
+
+def test_model_errors_name_the_dotted_key(base_file):
+    with pytest.raises(ConfigError, match=r"^model\.dim \(66\) must be divisible by model\.n_heads \(4\)$"):
+        load_config(base_file, ["model.dim=66", "model.n_heads=4", "model.n_kv_heads=null"])
