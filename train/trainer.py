@@ -23,7 +23,7 @@ from tqdm import tqdm
 from model import Transformer
 from train import checkpoint as ckpt
 from train.config import Config
-from train.errors import CheckpointError, ConfigError
+from train.errors import CheckpointError, ConfigError, DataError
 from train.memory import estimate_memory
 from train.metrics import MetricsLogger, resolve_peak_flops
 from train.optim import build_optimizer, lr_at, set_lr
@@ -197,7 +197,8 @@ class Trainer:
         return ckpt.find_checkpoint(mode)
 
     def _setup_data(self) -> None:
-        """Prepare the dataset if missing (rank 0; others wait), then open tokenizer, shards and loader."""
+        """Prepare the dataset unless it is up to date (rank 0; others wait), then open tokenizer, shards and
+        loader. A dataset_dir built from other sources or settings is an error, never silently reused."""
         from data.prepare_data import prepare_dataset
         from Tokenizer import Tokenizer
         from train.dataloader import DataLoader, TokenDataset, check_compatible
@@ -207,20 +208,23 @@ class Trainer:
         tokenizer_dir = Path(d.tokenizer_dir) if d.tokenizer_dir else dataset_dir / "tokenizer"
 
         def prepare() -> None:
-            if (dataset_dir / "manifest.json").is_file():
-                return
-            self._info(f"preparing dataset {dataset_dir} from {', '.join(d.sources)}")
-            prepare_dataset(
-                d.sources,
-                dataset_dir,
-                tokenizer_dir=tokenizer_dir if d.tokenizer_dir else None,
-                vocab_size=None if (tokenizer_dir / "tokenizer.model").is_file() else self.cfg.model.vocab_size,
-                text_field=d.text_field,
-                val_fraction=d.val_fraction,
-                workers=d.workers,
-                tokenizer_sample_mb=d.tokenizer_sample_mb,
-                progress=self.cfg.log.progress,
-            )
+            if not (dataset_dir / "manifest.json").is_file():
+                self._info(f"preparing dataset {dataset_dir} from {', '.join(d.sources)}")
+            try:  # a no-op (a stat of each source) when the dataset is up to date
+                prepare_dataset(
+                    d.sources,
+                    dataset_dir,
+                    tokenizer_dir=tokenizer_dir if d.tokenizer_dir else None,
+                    vocab_size=None if (tokenizer_dir / "tokenizer.model").is_file() else self.cfg.model.vocab_size,
+                    text_field=d.text_field,
+                    val_fraction=d.val_fraction,
+                    workers=d.workers,
+                    tokenizer_sample_mb=d.tokenizer_sample_mb,
+                    progress=self.cfg.log.progress,
+                )
+            except DataError as e:
+                raise DataError(f"data.dataset_dir: {e} (or remove {dataset_dir}, or set another data.dataset_dir)") \
+                    from None
 
         on_main(self.world, prepare)  # the other ranks wait for it, and stop with its error if it fails
         self.tokenizer_dir = tokenizer_dir

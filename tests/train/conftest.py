@@ -28,6 +28,7 @@ def make_corpus(directory: Path, n_docs: int = 240, seed: int = 0) -> Path:
 
 @dataclass
 class TinyData:
+    corpus_dir: Path
     dataset_dir: Path
     tokenizer_dir: Path
     vocab_size: int
@@ -42,7 +43,7 @@ def tiny_data(tmp_path_factory) -> TinyData:
     corpus = make_corpus(root / "corpus")
     out = prepare_dataset([str(corpus)], root / "dataset", vocab_size=384, val_fraction=0.1, workers=1,
                           progress=False)
-    return TinyData(out, out / "tokenizer", 384)
+    return TinyData(corpus, out, out / "tokenizer", 384)
 
 
 def tiny_config(out_dir: Path, data: TinyData, *overrides: str) -> Config:
@@ -50,7 +51,8 @@ def tiny_config(out_dir: Path, data: TinyData, *overrides: str) -> Config:
     raw = {
         "model": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": data.vocab_size,
                   "multiple_of": 32, "max_seq_len": 64},
-        "data": {"sources": ["unused"], "dataset_dir": str(data.dataset_dir)},
+        "data": {"sources": [str(data.corpus_dir)], "dataset_dir": str(data.dataset_dir), "val_fraction": 0.1,
+                 "workers": 1},
         "train": {"out_dir": str(out_dir), "batch_size": 8, "micro_batch_size": 8, "seq_len": 32,
                   "max_steps": 20, "eval_interval": 10, "eval_batches": 2, "save_interval": 10, "log_interval": 1,
                   "sample_tokens": 8, "device": "cpu", "seed": 0},

@@ -13,7 +13,7 @@ import torch
 from model import Transformer
 from train import trainer as trainer_mod
 from train.checkpoint import find_checkpoint, load_model, load_training_state
-from train.errors import CheckpointError, ConfigError
+from train.errors import CheckpointError, ConfigError, DataError
 from train.parallel import World
 from train.trainer import StepRunner, TrainingStopped, train
 
@@ -179,3 +179,9 @@ def test_config_and_model_are_untouched_by_training(tmp_path, tiny_data):
     train(cfg)
     assert cfg == before
     assert find_checkpoint(tmp_path / "run").name == "step_0000003"
+
+
+def test_changed_data_settings_are_not_silently_reused(tmp_path, tiny_data):
+    cfg = tiny_config(tmp_path / "run", tiny_data, "data.val_fraction=0.2")
+    with pytest.raises(DataError, match=r"data\.dataset_dir: .*built from other inputs"):
+        train(cfg)
