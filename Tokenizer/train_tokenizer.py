@@ -19,14 +19,13 @@ import argparse
 import io
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
 from tqdm import tqdm
 
 from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
+from train.atomic import atomic_directory
 from train.errors import ConfigError, DataError, UserError
 
 META_FILE = "meta.json"
@@ -116,25 +115,9 @@ def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
         if foreign:
             raise DataError(f"{out_dir} exists and holds files that are not a tokenizer ({', '.join(foreign[:3])}); "
                             "choose a new or empty directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out_dir) as tmp:
         for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        if out_dir.exists():
-            old = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (tmp / name).write_bytes(data)
 
 
 def train_tokenizer(

@@ -19,18 +19,15 @@ saving never leaves a half-written checkpoint under its final name.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from model import Transformer
+from train.atomic import atomic_directory, write_text_atomic
 from train.config import Config, config_from_dict, load_yaml_tree
 from train.errors import CheckpointError, ConfigError
 
@@ -110,47 +107,6 @@ def load_model(
     model.init_weights()  # fills the non-persistent RoPE tables; weights are overwritten next
     load_weights_into(model, ckpt_dir)
     return model.to(dtype=dtype).eval(), cfg, ckpt_dir
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `final`; on success it is synced and renamed to `final`
-    (replacing an older one). On error, or if the process dies, `final` is untouched."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace a small text file atomically (write a temp file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model_checkpoint(directory: str | Path, model: torch.nn.Module, cfg: Config,
