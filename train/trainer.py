@@ -395,10 +395,15 @@ class Trainer:
         """A short continuation of train.sample_prompt (top-k sampling with a fixed seed of its own, so it
         never touches the training RNG)."""
         # Under FSDP every rank must run the same forwards (they all-gather the weights); the generator is
-        # seeded and the logits are identical on every rank, so all ranks stop at the same token.
-        text = sample_text(
-            self.raw_model, self.tokenizer, self.cfg.train.sample_prompt, self.cfg.train.sample_tokens, self.device
-        )
+        # seeded and the logits are identical on every rank, so all ranks stop at the same token. With FSDP's
+        # bf16 policy the queries are bf16 while the KV cache follows the fp32 master weights: autocast makes
+        # attention take both in bf16.
+        fsdp_precision = self.precision if self.parallel == "fsdp" else "fp32"
+        with autocast(self.device, fsdp_precision):
+            text = sample_text(
+                self.raw_model, self.tokenizer, self.cfg.train.sample_prompt, self.cfg.train.sample_tokens,
+                self.device,
+            )
         reshard(self.raw_model)
         return text
 
