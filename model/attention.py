@@ -60,8 +60,12 @@ class Attention(nn.Module):
             # Never is_causal here: with T queries against kv_len keys the causal corner would be wrong.
             k, v = self.kv_cache.update(positions, k, v)  # (B, n_kv_heads, max_len, head_dim)
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]
-            y = F.scaled_dot_product_attention(
-                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, dropout_p=dropout_p
-            )
+            # No repeat_kv over the cache (a copy of every cached key and value per step): the n_rep query heads
+            # that share kv head g (heads g * n_rep + r, as in repeat_kv) become n_rep * T queries of head g.
+            q = q.reshape(B, self.n_kv_heads, n_rep * T, self.head_dim)
+            if mask is not None:  # (T, kv_len) or (B, 1, T, kv_len): rows r * T + t read the mask of t
+                mask = mask.repeat(n_rep, 1) if mask.dim() == 2 else mask.repeat(1, 1, n_rep, 1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = y.view(B, self.n_heads, T, self.head_dim)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads * head_dim)
         return self.wo(y)
