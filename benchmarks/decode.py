@@ -1,0 +1,282 @@
+"""Decode speed: prefill and decode tokens/s, KV cache vs recomputation, eager vs compiled, vs transformers.
+
+    python benchmarks/decode.py --config configs/tiny.yaml            # random weights of a preset
+    python benchmarks/decode.py --checkpoint out/tiny                  # a trained checkpoint or run directory
+
+For each batch size (1 and 8 by default) the same random prompt of --prompt-len tokens is continued greedily by
+exactly --new-tokens tokens, every way:
+
+    kv-cache          our prefill + decode_one_token loop, eager (int positions)
+    kv-cache+compile  the same with the decode step compiled (static cache; CUDA graphs on GPU)
+    no-kv-cache       our model re-run over the whole context at every step
+    hf generate       the same weights exported with scripts/convert_hf.py, run by transformers' generate()
+                      (greedy, min_new_tokens = max_new_tokens so EOS cannot end it early)
+
+Timing: a run of 1 new token measures prefill; decode tokens/s is B * (N - 1) over (time of N tokens - time of
+1 token). Each figure is the best of --repeats runs after a warm-up (which also compiles). On CUDA it adds
+achieved GB/s: weight bytes plus the KV-cache bytes each decode step reads, against a measured device-copy
+bandwidth. Prints a table and writes JSON (environment, settings, rows) under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.common import environment, print_table, write_result  # noqa: E402
+from inference.decode import DecodeStep, generate_tokens  # noqa: E402
+from inference.generator import resolve_device, resolve_dtype  # noqa: E402
+from inference.sampling import Sampler, SamplingParams  # noqa: E402
+from model import Transformer  # noqa: E402
+from train.checkpoint import load_model, save_model_checkpoint  # noqa: E402
+from train.config import Config, load_config  # noqa: E402
+from train.errors import UserError  # noqa: E402
+
+COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "decode_ms_per_step", "total_s", "gb_s", "note"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Benchmark flags."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint directory or training run directory")
+    src.add_argument("--config", help="YAML config: random weights of its model section")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
+    p.add_argument("--no-cache-repeats", type=int, default=1, help="timed runs for the slow no-kv-cache case")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="auto: try it, report a failure as a note")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/decode-<device>.json)")
+    return p.parse_args(argv)
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+
+
+def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[Transformer, Config]:
+    """The checkpoint's model, or a seeded random model of the config's model section."""
+    if args.checkpoint:
+        model, cfg, _ = load_model(args.checkpoint, device, dtype)
+        return model, cfg
+    cfg = load_config(args.config)
+    torch.manual_seed(0)
+    return Transformer(cfg.model).to(device=device, dtype=dtype).eval(), cfg
+
+
+def load_hf_peer(model: Transformer, cfg: Config, device: torch.device, dtype: torch.dtype, tmp: Path):
+    """The same weights through scripts/convert_hf.py's export, loaded by transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from scripts.convert_hf import export_checkpoint
+
+    ckpt = save_model_checkpoint(tmp / "ckpt", model, cfg)
+    hf_dir = export_checkpoint(ckpt, tmp / "hf", dtype="float32")
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
+
+
+# ---- runs -------------------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ours(model: Transformer, use_cache: bool, step: DecodeStep | None, cache_len: int) -> Callable:
+    """run(tokens, n) -> (B, n) new tokens, greedy, through our decode loop."""
+
+    def run(tokens: torch.Tensor, n: int) -> torch.Tensor:
+        B = tokens.shape[0]
+        sampler = Sampler(SamplingParams(temperature=0.0), [[]] * B, model.cfg.vocab_size, tokens.device)
+        if use_cache:
+            cache = model.layers[0].attention.kv_cache
+            if cache is None or cache.k.shape[0] != B or cache.max_len != cache_len:
+                model.setup_cache(B, cache_len)
+        else:
+            model.clear_cache()
+        return torch.stack(list(generate_tokens(model, tokens, n, sampler, None, use_cache, step)), dim=1)
+
+    return run
+
+
+def hf(peer) -> Callable:
+    """run(tokens, n) -> (B, n) new tokens from transformers' greedy generate()."""
+
+    @torch.inference_mode()
+    def run(tokens: torch.Tensor, n: int) -> torch.Tensor:
+        out = peer.generate(tokens, attention_mask=torch.ones_like(tokens), do_sample=False, max_new_tokens=n,
+                            min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+        return out[:, tokens.shape[1]:]
+
+    return run
+
+
+def best_time(run: Callable, tokens: torch.Tensor, n: int, repeats: int) -> tuple[float, torch.Tensor]:
+    """Best wall time of `repeats` runs (after a short warm-up) and the tokens of the last one."""
+    device = tokens.device
+    run(tokens, min(n, 8))  # warm-up: allocations, compilation, CUDA graph capture
+    sync(device)
+    out = None
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run(tokens, n)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def decode_bytes(model: Transformer, batch: int, prompt_len: int, new_tokens: int, kv_slots: int | None) -> int:
+    """Bytes read by the N - 1 decode steps: every weight (the embedding table only through the head) plus the
+    KV-cache slots attention reads (the filled ones, or all kv_slots for the static compiled step)."""
+    cfg = model.cfg
+    size = model.output.weight.element_size()
+    weights = sum(p.numel() for p in model.parameters())
+    if not cfg.tie_embeddings:
+        weights -= model.tok_embeddings.weight.numel()  # a lookup reads B rows, not the table
+    per_slot = 2 * cfg.n_layers * batch * cfg.kv_heads * cfg.head_dim * size  # K and V, every layer
+    slots = sum(kv_slots or prompt_len + i + 1 for i in range(new_tokens - 1))
+    return (new_tokens - 1) * weights * size + slots * per_slot
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Measured device-memory bandwidth in GB/s (read + write of a 1 GiB copy): the practical bound."""
+    src = torch.empty(2**28, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def measure(name: str, run: Callable, tokens: torch.Tensor, n: int, repeats: int) -> tuple[dict, torch.Tensor]:
+    """One table row: prefill from a 1-token run, decode from the difference to an n-token run."""
+    B, T = tokens.shape
+    t1, _ = best_time(run, tokens, 1, repeats)
+    tn, out = best_time(run, tokens, n, repeats)
+    decode = max(tn - t1, 1e-9)
+    row = {"impl": name, "batch": B, "prefill_tok_s": B * T / t1, "decode_tok_s": B * (n - 1) / decode,
+           "decode_ms_per_step": 1e3 * decode / (n - 1), "total_s": tn, "note": ""}
+    return row, out
+
+
+# ---- main -------------------------------------------------------------------------------------------------------
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    """Run every variant at every batch size; return the JSON payload."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model, cfg = build_model(args, device, dtype)
+    if args.prompt_len + args.new_tokens > cfg.model.max_seq_len:
+        raise UserError(f"--prompt-len + --new-tokens exceeds the model's max_seq_len ({cfg.model.max_seq_len})")
+    T, N = args.prompt_len, args.new_tokens
+    tmp = tempfile.TemporaryDirectory()
+    peer = None if args.no_hf else load_hf_peer(model, cfg, device, dtype, Path(tmp.name))
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+
+    variants: list[tuple[str, Callable, int, int | None]] = [
+        ("ours kv-cache", ours(model, True, DecodeStep(), T + N), args.repeats, None),
+        ("ours no-kv-cache", ours(model, False, None, T + N), args.no_cache_repeats, None),
+    ]
+    compiled = DecodeStep(compile=True)
+    if args.compile != "off":
+        variants.append(("ours kv-cache+compile", ours(model, True, compiled, cfg.model.max_seq_len), args.repeats,
+                         cfg.model.max_seq_len))
+    if peer is not None:
+        variants.append(("hf generate", hf(peer), args.repeats, None))
+
+    rows = []
+    for B in args.batch_sizes:
+        tokens = torch.randint(0, cfg.model.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
+        tokens = tokens.expand(B, T).contiguous().to(device)
+        reference = None
+        for name, run, repeats, kv_slots in variants:
+            print(f"... {name}, batch {B}", file=sys.stderr, flush=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                row, out = measure(name, run, tokens, N, repeats)
+            if name.endswith("compile") and not compiled.compile:
+                row["note"] = "compile failed, ran eagerly: " + "; ".join(str(w.message)[:80] for w in caught)
+            if reference is None:
+                reference = out
+            elif not torch.equal(out, reference):
+                row["note"] = (row["note"] + " tokens differ from ours kv-cache").strip()
+            if bandwidth and not name.startswith("hf"):
+                decode_s = B * (N - 1) / row["decode_tok_s"]
+                row["gb_s"] = decode_bytes(model, B, T, N, kv_slots) / decode_s / 1e9
+            rows.append(row)
+    tmp.cleanup()
+    return {
+        "benchmark": "decode",
+        "env": {**environment(str(device)), "dtype": str(dtype).removeprefix("torch.")},
+        "settings": {"source": args.checkpoint or args.config, "prompt_len": T, "new_tokens": N,
+                     "batch_sizes": args.batch_sizes, "repeats": args.repeats, "params": model.num_params(),
+                     "copy_bandwidth_gb_s": bandwidth},
+        "rows": rows,
+        "summary": summarize(rows),
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Decode-speed ratios of the cached loop against recomputation and against transformers, per batch size."""
+    out = {}
+    for B in sorted({r["batch"] for r in rows}):
+        speed = {r["impl"]: r["decode_tok_s"] for r in rows if r["batch"] == B}
+        base = speed["ours kv-cache"]
+        for other in ("ours no-kv-cache", "hf generate", "ours kv-cache+compile"):
+            if other in speed:
+                out[f"batch {B}: ours kv-cache / {other}"] = base / speed[other]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table and summary, write JSON."""
+    args = parse_args(argv)
+    try:
+        payload = benchmark(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    env = payload["env"]
+    print(f"decode benchmark: {payload['settings']['source']}, {env['device']} {env.get('gpu', '')} {env['dtype']}, "
+          f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['commit']}")
+    print(f"prompt {payload['settings']['prompt_len']} tokens, {payload['settings']['new_tokens']} new tokens, greedy")
+    print_table(payload["rows"], COLUMNS if payload["settings"]["copy_bandwidth_gb_s"] else
+                [c for c in COLUMNS if c != "gb_s"])
+    if payload["settings"]["copy_bandwidth_gb_s"]:
+        print(f"device copy bandwidth (bound): {payload['settings']['copy_bandwidth_gb_s']:.0f} GB/s")
+    for key, ratio in payload["summary"].items():
+        print(f"{key}: {ratio:.2f}x")
+    device = env["device"].split(":")[0]
+    path = write_result(f"decode-{device}", payload, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
