@@ -61,13 +61,13 @@ def assert_same_losses(got: dict[int, float], expected: dict[int, float]) -> Non
         assert got[step] == pytest.approx(loss, abs=1e-5), step
 
 
-def assert_same_weights(run_dir, reference_dir) -> None:
+def assert_same_weights(run_dir, reference_dir, atol: float = 1e-6) -> None:
     got = load_file(str(find_checkpoint(run_dir) / "model.safetensors"))
     expected = load_file(str(find_checkpoint(reference_dir) / "model.safetensors"))
     assert got.keys() == expected.keys()
     for name, tensor in expected.items():
         assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape, name
-        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -103,12 +103,15 @@ def test_fsdp_matches_single_process(tmp_path, tiny_data, reference):
 
 
 def test_fsdp_checkpoint_resumes_on_one_rank(tmp_path, tiny_data, reference):
+    """The 2-rank half also compiles its checkpointed blocks before sharding them (the order of
+    apply_parallelism); the checkpoint it writes loads into a plain, uncompiled model."""
     config = config_file(tmp_path, tiny_data, "split")
-    ok(torchrun(config, *TWO_RANKS, "train.parallel=fsdp", "train.stop_at_step=3"))
+    ok(torchrun(config, *TWO_RANKS, "train.parallel=fsdp", "train.stop_at_step=3", "train.compile=true",
+                "train.activation_checkpointing=true", timeout=300))
     assert find_checkpoint(tmp_path / "split").name == "step_0000003"
     train(tiny_config(tmp_path / "split", tiny_data, *RUN))  # one process, resume=auto
     assert_same_losses(losses(tmp_path / "split"), losses(reference(False)))
-    assert_same_weights(tmp_path / "split", reference(False))
+    assert_same_weights(tmp_path / "split", reference(False), atol=1e-5)  # inductor reorders the arithmetic
 
 
 @pytest.mark.parametrize(("parallel", "tied"), [("fsdp", True), ("ddp", False)])
