@@ -57,16 +57,17 @@ def world_from_env() -> World:
 def init_world(device_pref: str, parallel: str = "auto") -> World:
     """Read the torchrun environment and join the process group (nccl on CUDA, gloo on CPU).
 
-    The parallel mode is checked first, so a bad one is a ConfigError before any process waits on another.
+    The parallel mode and device are checked first, so a bad one is a ConfigError before any process waits on
+    another.
     FSDP needs a process group even in a single process; one of size 1 is created for it.
     """
     world = world_from_env()
     mode = resolve_parallel(parallel, world)
+    device = pick_device(device_pref, world)
     if (world.distributed or mode == "fsdp") and not dist.is_initialized():
-        use_cuda = device_pref.startswith("cuda") or (device_pref == "auto" and torch.cuda.is_available())
-        if use_cuda:
-            torch.cuda.set_device(world.local_rank)
-        backend = "nccl" if use_cuda else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # before NCCL starts, so each rank talks from its own GPU
+        backend = "nccl" if device.type == "cuda" else "gloo"
         if world.distributed:
             dist.init_process_group(backend=backend)
         else:
@@ -93,6 +94,9 @@ def pick_device(pref: str, world: World) -> torch.device:
             raise ConfigError(f"train.device={pref} but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", world.local_rank)
+        elif world.distributed:
+            raise ConfigError(f"train.device={pref} would put all {world.world_size} processes on one GPU: use "
+                              "cuda or auto (each rank takes the GPU of its LOCAL_RANK)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device={pref} but MPS is not available")
     return device

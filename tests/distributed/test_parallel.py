@@ -22,6 +22,7 @@ from train.parallel import (
     init_world,
     load_full_model_state,
     load_full_optimizer_state,
+    pick_device,
     resolve_parallel,
     resolve_precision,
 )
@@ -46,6 +47,14 @@ def test_none_with_several_processes_fails_before_any_process_group(monkeypatch)
     with pytest.raises(ConfigError, match=r"train\.parallel=none"):
         init_world("cpu", "none")
     assert not torch.distributed.is_initialized()
+
+
+def test_each_rank_takes_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("cuda", TWO) == torch.device("cuda", 1)  # LOCAL_RANK 1
+    assert pick_device("cuda:1", ONE) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"would put all 2 processes on one GPU"):
+        pick_device("cuda:1", TWO)
 
 
 def test_fp16_is_refused_under_fsdp():
