@@ -63,7 +63,7 @@ class Attention(nn.Module):
             # No repeat_kv over the cache (a copy of every cached key and value per step): the n_rep query heads
             # that share kv head g (heads g * n_rep + r, as in repeat_kv) become n_rep * T queries of head g.
             q = q.reshape(B, self.n_kv_heads, n_rep * T, self.head_dim)
-            if mask is not None:  # (T, kv_len) or (B, 1, T, kv_len): rows r * T + t read the mask of t
+            if mask is not None and T > 1:  # rows r * T + t read the mask of t; one row (decode) broadcasts
                 mask = mask.repeat(n_rep, 1) if mask.dim() == 2 else mask.repeat(1, 1, n_rep, 1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
             y = y.view(B, self.n_heads, T, self.head_dim)
