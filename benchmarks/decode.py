@@ -13,7 +13,8 @@ exactly --new-tokens tokens, every way:
                       (greedy, min_new_tokens = max_new_tokens so EOS cannot end it early)
 
 Timing: a run of 1 new token measures prefill; decode tokens/s is B * (N - 1) over (time of N tokens - time of
-1 token). Each figure is the best of --repeats runs after a warm-up (which also compiles). On CUDA it adds
+1 token). Each figure is the best of --repeats runs after a warm-up (which also compiles); the variants take
+turns run by run, so load from elsewhere falls on all of them alike. On CUDA it adds
 achieved GB/s: weight bytes plus the KV-cache bytes each decode step reads, against a measured device-copy
 bandwidth. Prints a table and writes JSON (environment, settings, rows) under benchmarks/results/.
 """
@@ -26,6 +27,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,19 +130,44 @@ def hf(peer) -> Callable:
     return run
 
 
-def best_time(run: Callable, tokens: torch.Tensor, n: int, repeats: int) -> tuple[float, torch.Tensor]:
-    """Best wall time of `repeats` runs (after a short warm-up) and the tokens of the last one."""
-    device = tokens.device
-    run(tokens, min(n, 8))  # warm-up: allocations, compilation, CUDA graph capture
-    sync(device)
-    out = None
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run(tokens, n)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, out
+@dataclass
+class Variant:
+    """One way of generating, with its best times so far."""
+
+    name: str
+    run: Callable  # run(tokens, n) -> (B, n) new tokens
+    repeats: int
+    kv_slots: int | None = None  # cache slots every decode step reads (static cache), None: the filled ones
+    t1: float = float("inf")  # best time of a 1-token run (prefill)
+    tn: float = float("inf")  # best time of an n-token run
+    out: torch.Tensor | None = None
+    note: str = ""
+
+
+def timed(run: Callable, tokens: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
+    """Wall time of one run and its tokens."""
+    sync(tokens.device)
+    start = time.perf_counter()
+    out = run(tokens, n)
+    sync(tokens.device)
+    return time.perf_counter() - start, out
+
+
+def measure_all(variants: list[Variant], tokens: torch.Tensor, n: int) -> None:
+    """Warm every variant up (allocations, compilation, CUDA graph capture), then time them in turns, so load from
+    elsewhere on the machine falls on all of them alike; keep the best times."""
+    for v in variants:
+        print(f"... warm-up {v.name}, batch {tokens.shape[0]}", file=sys.stderr, flush=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            v.run(tokens, min(n, 8))
+        v.note = "; ".join(str(w.message)[:100] for w in caught if "compile" in str(w.message))
+    for r in range(max(v.repeats for v in variants)):
+        for v in (v for v in variants if r < v.repeats):
+            print(f"... run {r + 1}/{v.repeats} {v.name}, batch {tokens.shape[0]}", file=sys.stderr, flush=True)
+            v.t1 = min(v.t1, timed(v.run, tokens, 1)[0])
+            tn, v.out = timed(v.run, tokens, n)
+            v.tn = min(v.tn, tn)
 
 
 def decode_bytes(model: Transformer, batch: int, prompt_len: int, new_tokens: int, kv_slots: int | None) -> int:
@@ -171,15 +198,12 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * src.element_size() / best / 1e9
 
 
-def measure(name: str, run: Callable, tokens: torch.Tensor, n: int, repeats: int) -> tuple[dict, torch.Tensor]:
-    """One table row: prefill from a 1-token run, decode from the difference to an n-token run."""
+def row(v: Variant, tokens: torch.Tensor, n: int) -> dict:
+    """One table row: prefill from the 1-token run, decode from the difference to the n-token run."""
     B, T = tokens.shape
-    t1, _ = best_time(run, tokens, 1, repeats)
-    tn, out = best_time(run, tokens, n, repeats)
-    decode = max(tn - t1, 1e-9)
-    row = {"impl": name, "batch": B, "prefill_tok_s": B * T / t1, "decode_tok_s": B * (n - 1) / decode,
-           "decode_ms_per_step": 1e3 * decode / (n - 1), "total_s": tn, "note": ""}
-    return row, out
+    decode = max(v.tn - v.t1, 1e-9)
+    return {"impl": v.name, "batch": B, "prefill_tok_s": B * T / v.t1, "decode_tok_s": B * (n - 1) / decode,
+            "decode_ms_per_step": 1e3 * decode / (n - 1), "total_s": v.tn, "note": v.note}
 
 
 # ---- main -------------------------------------------------------------------------------------------------------
@@ -199,37 +223,31 @@ def benchmark(args: argparse.Namespace) -> dict:
     peer = None if args.no_hf else load_hf_peer(model, cfg, device, dtype, Path(tmp.name))
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
 
-    variants: list[tuple[str, Callable, int, int | None]] = [
-        ("ours kv-cache", ours(model, True, DecodeStep(), T + N), args.repeats, None),
-        ("ours no-kv-cache", ours(model, False, None, T + N), args.no_cache_repeats, None),
-    ]
     compiled = DecodeStep(compile=True)
-    if args.compile != "off":
-        variants.append(("ours kv-cache+compile", ours(model, True, compiled, cfg.model.max_seq_len), args.repeats,
-                         cfg.model.max_seq_len))
-    if peer is not None:
-        variants.append(("hf generate", hf(peer), args.repeats, None))
-
     rows = []
     for B in args.batch_sizes:
+        variants = [
+            Variant("ours kv-cache", ours(model, True, DecodeStep(), T + N), args.repeats),
+            Variant("ours no-kv-cache", ours(model, False, None, T + N), args.no_cache_repeats),
+        ]
+        if args.compile != "off":
+            S = cfg.model.max_seq_len
+            variants.append(Variant("ours kv-cache+compile", ours(model, True, compiled, S), args.repeats, S))
+        if peer is not None:
+            variants.append(Variant("hf generate", hf(peer), args.repeats))
         tokens = torch.randint(0, cfg.model.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
         tokens = tokens.expand(B, T).contiguous().to(device)
-        reference = None
-        for name, run, repeats, kv_slots in variants:
-            print(f"... {name}, batch {B}", file=sys.stderr, flush=True)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                row, out = measure(name, run, tokens, N, repeats)
-            if name.endswith("compile") and not compiled.compile:
-                row["note"] = "compile failed, ran eagerly: " + "; ".join(str(w.message)[:80] for w in caught)
-            if reference is None:
-                reference = out
-            elif not torch.equal(out, reference):
-                row["note"] = (row["note"] + " tokens differ from ours kv-cache").strip()
-            if bandwidth and not name.startswith("hf"):
-                decode_s = B * (N - 1) / row["decode_tok_s"]
-                row["gb_s"] = decode_bytes(model, B, T, N, kv_slots) / decode_s / 1e9
-            rows.append(row)
+        measure_all(variants, tokens, N)
+        for v in variants:
+            r = row(v, tokens, N)
+            if v.name.endswith("compile") and not compiled.compile:
+                r["note"] = "compile failed, ran eagerly: " + r["note"]
+            if not torch.equal(v.out, variants[0].out):
+                r["note"] = (r["note"] + " tokens differ from ours kv-cache").strip()
+            if bandwidth and not v.name.startswith("hf"):
+                decode_s = B * (N - 1) / r["decode_tok_s"]
+                r["gb_s"] = decode_bytes(model, B, T, N, v.kv_slots) / decode_s / 1e9
+            rows.append(r)
     tmp.cleanup()
     return {
         "benchmark": "decode",
