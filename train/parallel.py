@@ -162,8 +162,8 @@ def apply_parallelism(
     compiled block rather than inside the graph. The module tree (and so the state_dict names) is unchanged
     by the first two steps.
 
-    DDP returns a wrapper around a materialized model. FSDP2 shards in place and should be given the model
-    on the meta device (see Trainer._build_model): it then holds only this rank's shards once materialized.
+    DDP returns a wrapper around a materialized model. FSDP2 shards in place, a materialized model or, better,
+    one on the meta device (see Trainer._build_model), which then never exists whole on any GPU.
     Each transformer block is one FSDP unit and the root (embedding, final norm, head) another, so a tied
     embedding/head is one parameter in the root unit. The caller keeps the unwrapped model for checkpoints.
     """
