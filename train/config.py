@@ -52,7 +52,7 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps; the LR schedule spans them
     stop_at_step: int | None = None  # save and exit after this step (split a long run into shorter jobs)
     eval_interval: int = 200  # evaluate every N steps (and at the end)
-    eval_batches: int = 20  # validation micro batches per evaluation
+    eval_batches: int = 20  # validation batches (of batch_size sequences) per evaluation
     save_interval: int = 500  # checkpoint every N steps (and at the end)
     keep_last: int = 2  # step checkpoints kept, besides the best by validation loss
     resume: str = "auto"  # auto: latest checkpoint in out_dir if any; never: refuse a non-empty out_dir; or a path

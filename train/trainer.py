@@ -370,7 +370,9 @@ class Trainer:
         self.model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
-        for x, y in self.loader.validation_batches(self.cfg.train.eval_batches):
+        # eval_batches counts global batches, so the windows evaluated do not depend on how a batch is split
+        # into micro batches and ranks.
+        for x, y in self.loader.validation_batches(self.cfg.train.eval_batches * self.accum):
             x, y = x.to(self.device), y.to(self.device)
             with autocast(self.device, self.precision_ctx):
                 logits = self.model(x)

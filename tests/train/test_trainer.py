@@ -89,6 +89,10 @@ def test_accumulation_end_to_end_same_losses(tmp_path, tiny_data):
     assert [r["step"] for r in a] == [1, 2, 3, 4]
     for ra, rb in zip(a, b, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-5)
+    # Evaluation covers the same windows however the batch is split into micro batches.
+    val_a = [r["val_loss"] for r in read_metrics(tmp_path / "one") if "val_loss" in r]
+    val_b = [r["val_loss"] for r in read_metrics(tmp_path / "four") if "val_loss" in r]
+    assert len(val_a) == 1 and val_b == pytest.approx(val_a, abs=1e-5)
 
 
 def test_exact_resume(tmp_path, tiny_data):
