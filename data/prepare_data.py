@@ -15,14 +15,11 @@ if __package__ in (None, ""):  # run as a file: import from the repo root, not f
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # stdlib names for any module placed here)
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-import uuid
-from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -30,6 +27,7 @@ from data.encode import ParallelEncoder, batch_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter, load_manifest, token_dtype
 from data.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from Tokenizer import Tokenizer, train_tokenizer
+from train.atomic import atomic_directory
 from train.errors import DataError, UserError
 
 TOKENIZER_SUBDIR = "tokenizer"
@@ -49,26 +47,6 @@ def dataset_fingerprint(sources: list[Source], tokenizer: Tokenizer, text_field:
     identity = {"version": VERSION, "sources": describe_sources(sources), "tokenizer": tokenizer.content_hash,
                 "text_field": text_field, "val_fraction": val_fraction, "shard_tokens": shard_tokens}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_directory(final: Path) -> Iterator[Path]:
-    """A temporary sibling of `final`, renamed to `final` on success (replacing it) and deleted on any error."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _train_into(directory: Path, sources: list[Source], text_field: str, vocab_size: int, sample_mb: int,
@@ -192,7 +170,7 @@ def prepare_dataset(
                         "pass --force to rebuild it")
     _check_out_dir(out, force)
 
-    with _atomic_directory(out) as tmp:
+    with atomic_directory(out) as tmp:
         if tokenizer is None:
             tokenizer = _train_into(tmp / TOKENIZER_SUBDIR, resolved, text_field, vocab_size, tokenizer_sample_mb,
                                     progress)
@@ -220,10 +198,7 @@ def prepare_dataset(
             "workers": workers,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        with open(tmp / MANIFEST, "w") as f:
-            f.write(json.dumps(manifest, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     if progress:
         print(f"wrote {out}: {manifest['tokens']['train']:,} train + {manifest['tokens']['val']:,} val tokens "
               f"({manifest['bytes_per_token']['total']:.2f} bytes/token, {manifest['replaced_bytes']} bytes replaced)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -134,8 +133,6 @@ class SplitWriter:
     def _close(self) -> None:
         self._file.seek(0)
         self._file.write(pack_header(self.dtype, self._tokens))
-        self._file.flush()
-        os.fsync(self._file.fileno())  # the directory is renamed into place next: its files must be on disk first
         self._file.close()
         name = Path(self._file.name).name
         self.shards.append({"file": name, "split": self.split, "tokens": self._tokens, "documents": self._documents})
