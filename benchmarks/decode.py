@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import environment, print_table, write_result  # noqa: E402
-from inference.decode import DecodeStep, generate_tokens  # noqa: E402
+from inference.decode import COMPILE_FAILED, DecodeStep, generate_tokens  # noqa: E402
 from inference.generator import resolve_device, resolve_dtype  # noqa: E402
 from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
@@ -161,7 +161,7 @@ def measure_all(variants: list[Variant], tokens: torch.Tensor, n: int) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             v.run(tokens, min(n, 8))
-        v.note = "; ".join(str(w.message)[:100] for w in caught if "compile" in str(w.message))
+        v.note = "; ".join(str(w.message)[:120] for w in caught if str(w.message).startswith(COMPILE_FAILED))
     for r in range(max(v.repeats for v in variants)):
         for v in (v for v in variants if r < v.repeats):
             print(f"... run {r + 1}/{v.repeats} {v.name}, batch {tokens.shape[0]}", file=sys.stderr, flush=True)

@@ -16,11 +16,11 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model import Transformer
 
 Sample = Callable[[torch.Tensor], torch.Tensor]  # (B, vocab) logits -> (B,) token ids
+COMPILE_FAILED = "torch.compile of the decode step failed"  # start of the warning when compile falls back
 
 
 def left_pad(
@@ -40,21 +40,9 @@ def left_pad(
     return tokens.to(device), key_mask.to(device)
 
 
-def _masked_forward(model: Transformer, tokens: torch.Tensor, key_mask: torch.Tensor, start_pos: int = 0):
-    """model(tokens, start_pos, key_mask) with the math attention kernel.
-
-    A pad query sees only pad keys, all hidden: an empty attention row. The math kernel returns zeros for it;
-    some fused CUDA kernels return NaN, which the pad keys of the next layer would spread to every row.
-    """
-    with sdpa_kernel(SDPBackend.MATH):
-        return model(tokens, start_pos=start_pos, key_mask=key_mask)
-
-
 def prefill(model: Transformer, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Run the prompt tokens (B, T) through the cached model from position 0; logits of the last one (B, V)."""
-    if key_mask is None:
-        return model(tokens, start_pos=0)[:, -1]
-    return _masked_forward(model, tokens, key_mask)[:, -1]
+    return model(tokens, start_pos=0, key_mask=key_mask)[:, -1]
 
 
 def decode_one_token(
@@ -66,9 +54,7 @@ def decode_one_token(
 
 def recompute_last(model: Transformer, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Without a cache: the full causal forward over tokens (B, L); logits of the last position (B, V)."""
-    if key_mask is None:
-        return model(tokens)[:, -1]
-    return _masked_forward(model, tokens, key_mask)[:, -1]
+    return model(tokens, key_mask=key_mask)[:, -1]
 
 
 class DecodeStep:
@@ -82,14 +68,11 @@ class DecodeStep:
     compiler), it warns once and continues eagerly.
     """
 
-    def __init__(self, compile: bool = False, static: bool | None = None):
-        self.static = bool(static) or compile
-        self.compiled: Callable | None = None
-        self._tried = False  # set once the compiled step has run: later errors are real and propagate
+    def __init__(self, compile: bool = False, static: bool = False):
+        self.static = static or compile
+        self.compile = compile  # cleared if compiling fails
+        self._compiled: Callable | None = None  # built at the first call, for that call's device
         self._pos: torch.Tensor | None = None  # device-side position, updated in place (no host sync)
-        if compile:
-            mode = "reduce-overhead" if torch.cuda.is_available() else None
-            self.compiled = torch.compile(decode_one_token, mode=mode, fullgraph=True)
 
     def __call__(
         self, model: Transformer, token: torch.Tensor, pos: int, key_mask: torch.Tensor | None
@@ -100,19 +83,29 @@ class DecodeStep:
         if self._pos is None or self._pos.device != token.device:
             self._pos = torch.zeros((), dtype=torch.long, device=token.device)
         self._pos.fill_(pos)
-        if self.compiled is None:
+        if not self.compile:
             return decode_one_token(model, token, self._pos, key_mask)
-        if token.is_cuda:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may now be overwritten
-        if self._tried:
-            return self.compiled(model, token, self._pos, key_mask)
+        if self._compiled is not None:
+            if token.is_cuda:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may now be overwritten
+            return self._compiled(model, token, self._pos, key_mask)
+        return self._first_compiled_call(model, token, key_mask)
+
+    def _first_compiled_call(
+        self, model: Transformer, token: torch.Tensor, key_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Compile for this device and run; on failure warn and stay eager (a later error is a real one)."""
+        mode = "reduce-overhead" if token.is_cuda else None  # CUDA graphs only exist on CUDA
+        compiled = torch.compile(decode_one_token, mode=mode, fullgraph=True)
         try:
-            logits = self.compiled(model, token, self._pos, key_mask)
-        except Exception as e:  # compiling needs a toolchain (Triton, or a C++ compiler on CPU): fall back
-            warnings.warn(f"torch.compile of the decode step failed, decoding eagerly: {e}", stacklevel=2)
-            self.compiled = None
+            if token.is_cuda:
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = compiled(model, token, self._pos, key_mask)
+        except Exception as e:  # compiling needs a toolchain (Triton, or a C++ compiler on CPU)
+            warnings.warn(f"{COMPILE_FAILED}, decoding eagerly: {e}", stacklevel=3)
+            self.compile = False
             return decode_one_token(model, token, self._pos, key_mask)
-        self._tried = True
+        self._compiled = compiled
         return logits
 
 
