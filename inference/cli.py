@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The run_inference.py flags."""
-    p = _Parser(prog="run_inference.py", description="Generate text from a checkpoint (KV-cached decoding).")
+    p = _Parser(prog="run_inference.py", description="Generate text from a checkpoint (KV-cached decoding).",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a training run's out_dir (latest)")
     p.add_argument("--prompt", help="prompt text; '-' reads it from stdin (one trailing newline dropped)")
     p.add_argument("--interactive", action="store_true", help="read prompts in a loop (empty line or EOF quits)")
