@@ -400,14 +400,20 @@ class Trainer:
         # seeded and the logits are identical on every rank, so all ranks stop at the same token. With FSDP's
         # bf16 policy the queries are bf16 while the KV cache follows the fp32 master weights: autocast makes
         # attention take both in bf16.
+        from inference import Generator, SamplingParams
+
         fsdp_precision = self.precision if self.parallel == "fsdp" else "fp32"
-        with autocast(self.device, fsdp_precision):
-            text = sample_text(
-                self.raw_model, self.tokenizer, self.cfg.train.sample_prompt, self.cfg.train.sample_tokens,
-                self.device,
-            )
+        try:
+            with autocast(self.device, fsdp_precision):
+                done = Generator(self.raw_model, self.tokenizer).generate(
+                    self.cfg.train.sample_prompt, self.cfg.train.sample_tokens,
+                    SamplingParams(temperature=0.8, top_k=40), seed=0,
+                )
+        finally:
+            self.raw_model.clear_cache()  # training must never run through a KV cache
+            self.raw_model.train()
         reshard(self.raw_model)
-        return text
+        return done[0].text
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
@@ -517,36 +523,6 @@ def _read_trainer_state(ckpt_dir: Path) -> dict:
         raise CheckpointError(f"{ckpt_dir / ckpt.STATE} keys the optimizer state by position, not by parameter "
                               "name (an older format): it cannot be resumed")
     return state
-
-
-@torch.no_grad()
-def sample_text(
-    model: Transformer, tokenizer, prompt: str, n_tokens: int, device: torch.device,
-    temperature: float = 0.8, top_k: int = 40, seed: int = 0,
-) -> str:
-    """Top-k sample through the KV cache with a private generator (the global RNG is left alone)."""
-    max_len = model.cfg.max_seq_len
-    ids = (tokenizer.encode(prompt) or [tokenizer.bos_id])[-(max_len - 1):]
-    n_tokens = min(n_tokens, max_len - len(ids))
-    gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    model.setup_cache(1, len(ids) + n_tokens)
-    out: list[int] = []
-    try:
-        logits = model(torch.tensor([ids], device=device))[0, -1]
-        for i in range(n_tokens):
-            top = torch.topk(logits.float().cpu() / temperature, min(top_k, logits.numel()))
-            next_id = int(top.indices[torch.multinomial(top.values.softmax(-1), 1, generator=gen)])
-            if next_id == tokenizer.eos_id:
-                break
-            out.append(next_id)
-            if i + 1 < n_tokens:
-                logits = model(torch.tensor([[next_id]], device=device), len(ids) + i)[0, -1]
-    finally:
-        model.clear_cache()
-        model.train(was_training)
-    return tokenizer.decode(out)
 
 
 def _json_num(x: float) -> float | str:
