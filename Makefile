@@ -27,7 +27,7 @@ test: lint
 # Re-running resumes from out/tiny and finishes at once if training is complete.
 demo: $(STAMP)
 	$(PY) run_train.py --config configs/tiny.yaml
-	$(PY) run_inference.py --checkpoint out/tiny --prompt "def fibonacci(n):" --max-new-tokens 120 --seed 0
+	$(PY) run_inference.py --checkpoint out/tiny --prompt "def fibonacci(n):" --max-new-tokens 120 --temperature 0.7 --top-k 40 --seed 0
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not distributed"
