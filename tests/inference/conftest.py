@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model import ModelConfig, Transformer
+from tests.helpers import randomize
 from Tokenizer import Tokenizer, train_tokenizer
 from train.checkpoint import save_model_checkpoint
 from train.config import Config
@@ -36,15 +37,6 @@ def tiny_config(vocab_size: int = VOCAB, **overrides) -> Config:
     fields = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab_size, multiple_of=16,
                   max_seq_len=MAX_SEQ_LEN)
     return Config(model=ModelConfig(**{**fields, **overrides}))
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Large random weights: logits far apart, so greedy choices do not hinge on float rounding."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        noise = torch.randn(p.shape, generator=gen)
-        p.copy_(1.0 + 0.2 * noise if p.ndim == 1 else 0.15 * noise)
 
 
 def memorize(model: Transformer, docs: list[list[int]], steps: int = 80) -> None:

@@ -10,7 +10,8 @@ import torch
 
 from inference import DecodeStep, GenerationError, Generator, PromptTruncatedWarning, SamplingParams
 from model import Transformer
-from tests.inference.conftest import DOCS, MAX_SEQ_LEN, randomize, tiny_config
+from tests.helpers import randomize
+from tests.inference.conftest import DOCS, MAX_SEQ_LEN, tiny_config
 from train.checkpoint import save_model_checkpoint
 from train.errors import CheckpointError
 

@@ -27,6 +27,7 @@ from scripts.convert_hf import (
     permute_for_hf,
     unpermute_from_hf,
 )
+from tests.helpers import randomize
 from train.checkpoint import load_model, save_model_checkpoint
 from train.config import Config
 from train.errors import CheckpointError
@@ -45,15 +46,6 @@ CASES = [
     pytest.param(1, False, 500000.0, id="mqa-untied-theta5e5"),
     pytest.param(1, True, 10000.0, id="mqa-tied-theta1e4"),
 ]
-
-
-@torch.no_grad()
-def randomize(module: torch.nn.Module, seed: int) -> None:
-    """Every weight random, norm gains included, so a swapped or misplaced tensor changes the logits."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in module.parameters():
-        noise = torch.randn(p.shape, generator=gen)
-        p.copy_(1.0 + 0.2 * noise if p.ndim == 1 else 0.15 * noise)
 
 
 def tiny_hf(n_kv_heads: int, tied: bool, theta: float, seed: int = 0) -> LlamaForCausalLM:
