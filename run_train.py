@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         if report:
             print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without saving
+        if report:
+            print("interrupted", file=sys.stderr)
+        return 130
     if result.interrupted is not None:
         return 128 + result.interrupted
     return 0

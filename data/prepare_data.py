@@ -1,6 +1,6 @@
 """Prepare a training dataset: read sources, (train a tokenizer,) tokenize in parallel, write shards + manifest.
 
-    python data/prepare_data.py --input corpus/ more.jsonl --out datasets/mine --vocab-size 8192
+    python data/prepare_data.py --input corpus/ more.jsonl --out out/datasets/mine --vocab-size 8192
 
 The output directory appears atomically (built in a temporary sibling, then renamed), and re-running with the same
 inputs and tokenizer is a no-op unless --force. The format is described in data/README.md.
@@ -167,7 +167,7 @@ def prepare_dataset(
                 print(f"{out} is up to date ({manifest['tokens']['total']:,} tokens); --force rebuilds it")
             return out
         raise DataError(f"{out} holds a dataset built from other inputs or another tokenizer; "
-                        "pass --force to rebuild it")
+                        "rebuild it (prepare_data.py --force) or remove it")
     _check_out_dir(out, force)
 
     with atomic_directory(out) as tmp:

@@ -294,7 +294,10 @@ def _read_hf(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"source hf:{spec} needs the `datasets` package: pip install datasets") from None
+        datasets = None
+    # A folder named datasets/ in the working directory imports as an empty namespace package.
+    if getattr(datasets, "load_dataset", None) is None:
+        raise DataError(f"source hf:{spec} needs the `datasets` package: pip install datasets")
     try:
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # network, auth or unknown-dataset errors all mean "cannot use this source"

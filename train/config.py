@@ -29,7 +29,7 @@ class DataConfig:
 
     # files, directories, globs, hf:NAME[:CONFIG][@SPLIT], or builtin:python-stdlib
     sources: list[str] = field(default_factory=lambda: ["builtin:python-stdlib"])
-    dataset_dir: str | None = None  # prepared shards + manifest.json; None: datasets/<config name>
+    dataset_dir: str | None = None  # prepared shards + manifest.json; None: out/datasets/<config name>
     # SentencePiece model directory; None: <dataset_dir>/tokenizer, trained with model.vocab_size when missing
     tokenizer_dir: str | None = None
     text_field: str = "text"  # field holding the text in .jsonl / .parquet sources
@@ -72,7 +72,7 @@ class OptimConfig:
     lr: float = 3e-4  # peak learning rate
     min_lr: float = 3e-5  # final learning rate of the decay
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # after warmup: cosine, warmup-stable-decay, or flat
-    warmup_steps: int = 100  # linear warmup from 0 to lr
+    warmup_steps: int = 100  # linear warmup: lr * (step + 1) / warmup_steps, reaching lr at the last warmup step
     decay_fraction: float = 0.2  # wsd: fraction of max_steps spent in the final linear decay
     weight_decay: float = 0.1  # applied to matrices only
     decay_embeddings: bool = False  # also decay the embedding table
@@ -122,8 +122,12 @@ class Config:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
         if t.stop_at_step is not None and t.stop_at_step <= 0:
             raise ConfigError(f"train.stop_at_step must be positive, got {t.stop_at_step}")
-        if t.sample_tokens < 0:
-            raise ConfigError(f"train.sample_tokens must be >= 0, got {t.sample_tokens}")
+        if not 0 <= t.sample_tokens < self.model.max_seq_len:
+            raise ConfigError(
+                f"train.sample_tokens must be in [0, model.max_seq_len={self.model.max_seq_len}), got {t.sample_tokens}"
+            )
+        if t.sample_tokens and not t.sample_prompt:
+            raise ConfigError("train.sample_prompt must not be empty (or set train.sample_tokens=0 for no sample)")
         if t.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len ({t.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
         per_step = t.micro_batch_size * world_size
@@ -369,6 +373,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, world_size
     if cfg.train.out_dir is None:
         cfg.train.out_dir = str(Path("out") / Path(path).stem)
     if cfg.data.dataset_dir is None:
-        cfg.data.dataset_dir = str(Path("datasets") / Path(path).stem)
+        # Under out/, not ./datasets/: a top-level datasets/ folder would shadow the Hugging Face package.
+        cfg.data.dataset_dir = str(Path("out") / "datasets" / Path(path).stem)
     cfg.validate(world_size)
     return cfg

@@ -208,6 +208,15 @@ class Trainer:
         tokenizer_dir = Path(d.tokenizer_dir) if d.tokenizer_dir else dataset_dir / "tokenizer"
 
         def prepare() -> None:
+            inside = tokenizer_dir / "tokenizer.model"
+            if not d.tokenizer_dir and inside.is_file():
+                n = Tokenizer.load(tokenizer_dir).vocab_size
+                if n != self.cfg.model.vocab_size:
+                    raise DataError(
+                        f"{tokenizer_dir} holds a {n}-token tokenizer but model.vocab_size is "
+                        f"{self.cfg.model.vocab_size}: set model.vocab_size={n}, or another data.dataset_dir to "
+                        "train a new tokenizer"
+                    )
             if not (dataset_dir / "manifest.json").is_file():
                 self._info(f"preparing dataset {dataset_dir} from {', '.join(d.sources)}")
             try:  # a no-op (a stat of each source) when the dataset is up to date
@@ -223,8 +232,7 @@ class Trainer:
                     progress=self.cfg.log.progress,
                 )
             except DataError as e:
-                raise DataError(f"data.dataset_dir: {e} (or remove {dataset_dir}, or set another data.dataset_dir)") \
-                    from None
+                raise DataError(f"data.dataset_dir: {e}, or set another data.dataset_dir") from None
 
         on_main(self.world, prepare)  # the other ranks wait for it, and stop with its error if it fails
         self.tokenizer_dir = tokenizer_dir
@@ -473,10 +481,12 @@ class Trainer:
 
                 last_step = self.step == t.max_steps
                 halt = self._stop_requested() or self.step == t.stop_at_step
-                if self.step % t.eval_interval == 0 or last_step:
+                save = self.step % t.save_interval == 0 or last_step or halt
+                # Every checkpoint is evaluated, so `best` compares them all.
+                if self.step % t.eval_interval == 0 or last_step or save:
                     self._run_eval()
                     window_start, window_tokens = time.perf_counter(), 0
-                if self.step % t.save_interval == 0 or last_step or halt:
+                if save:
                     last_ckpt = self.save_checkpoint()
                     window_start, window_tokens = time.perf_counter(), 0
                 if halt and not last_step:

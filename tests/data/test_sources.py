@@ -196,3 +196,13 @@ def test_python_stdlib_documents():
     first = list(itertools.islice(iter_documents(["builtin:python-stdlib"]), 5))
     assert len(first) == 5
     assert all(isinstance(d, str) and d and "\r" not in d for d in first)
+
+
+def test_hf_source_without_the_datasets_package(monkeypatch):
+    """A datasets/ folder in the working directory imports as an empty namespace package: same clear error."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
+    with pytest.raises(DataError, match="needs the `datasets` package: pip install datasets"):
+        list(iter_documents(["hf:some/corpus"]))

@@ -64,7 +64,7 @@ def test_load_yaml_file(tmp_path):
     assert cfg.data.sources == ["a.txt", "hf:wikitext"]
     # Paths derived from the file name.
     assert cfg.train.out_dir == str(Path("out") / "exp")
-    assert cfg.data.dataset_dir == str(Path("datasets") / "exp")
+    assert cfg.data.dataset_dir == str(Path("out") / "datasets" / "exp")
 
 
 def test_empty_file_gives_defaults(tmp_path):

@@ -40,6 +40,8 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ("train.micro_batch_size=3", "train.batch_size (8) must be divisible by train.micro_batch_size (3)"),
         ("train.seq_len=128", "train.seq_len (128) exceeds model.max_seq_len (64)"),
         ("train.precision=fp8", "config key 'train.precision' must be one of"),
+        ("train.sample_tokens=64", "train.sample_tokens must be in [0, model.max_seq_len=64)"),
+        ('train.sample_prompt=""', "train.sample_prompt must not be empty"),
     ],
 )
 def test_config_errors_are_one_line_and_exit_2(tmp_path, tiny_data, capsys, override, message):

@@ -189,3 +189,16 @@ def test_changed_data_settings_are_not_silently_reused(tmp_path, tiny_data):
     cfg = tiny_config(tmp_path / "run", tiny_data, "data.val_fraction=0.2")
     with pytest.raises(DataError, match=r"data\.dataset_dir: .*built from other inputs"):
         train(cfg)
+
+
+def test_model_vocab_must_match_the_datasets_tokenizer(tmp_path, tiny_data):
+    with pytest.raises(DataError, match=r"holds a 384-token tokenizer but model\.vocab_size is 512"):
+        train(tiny_config(tmp_path / "run", tiny_data, "model.vocab_size=512"))
+
+
+def test_every_checkpoint_is_evaluated(tmp_path, tiny_data):
+    train(tiny_config(tmp_path / "run", tiny_data, "train.max_steps=6", "train.save_interval=3",
+                      "train.eval_interval=100", "train.sample_tokens=0", "train.keep_last=5"))
+    metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "checkpoints").glob("step_*/meta.json"))]
+    assert [m["step"] for m in metas] == [3, 6]
+    assert all(isinstance(m["val_loss"], float) for m in metas)
