@@ -43,6 +43,15 @@ class ModelConfig:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * math.ceil(hidden / self.multiple_of)
 
+    def architecture(self) -> dict:
+        """What the weights depend on. Configs with equal architectures can share checkpoints, whatever their
+        max_seq_len, dropout, init_std or way of writing the SwiGLU width."""
+        return {
+            "dim": self.dim, "n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.kv_heads,
+            "ffn_hidden_dim": self.hidden_dim, "vocab_size": self.vocab_size, "norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta, "tie_embeddings": self.tie_embeddings,
+        }
+
     def validate(self, prefix: str = "") -> None:
         """Raise ValueError naming the first field that is out of range or inconsistent (names get `prefix`)."""
         p = prefix

@@ -324,9 +324,17 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "flo
     return out
 
 
-def import_checkpoint(hf_dir: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
-    """Write a weights-only checkpoint of ours for a local Hugging Face Llama directory."""
+def import_checkpoint(
+    hf_dir: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
+    """Write a weights-only checkpoint of ours for a local Hugging Face Llama directory, with our tokenizer
+    (a directory holding tokenizer.model) copied in when given: run_inference.py needs one."""
     hf_dir, out = Path(hf_dir), Path(out)
+    if tokenizer_dir is not None:
+        from Tokenizer import Tokenizer
+
+        Tokenizer.load(tokenizer_dir)  # a DataError naming the path if it is not a tokenizer
     if not hf_dir.is_dir():
         raise CheckpointError(f"Hugging Face directory does not exist: {hf_dir}")
     if not (hf_dir / "config.json").is_file():
@@ -343,7 +351,7 @@ def import_checkpoint(hf_dir: str | Path, out: str | Path, dtype: str = "float32
     model.load_state_dict(state, strict=True, assign=True)
     if model_cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight  # assign replaced the shared parameter; tie again
-    return save_model_checkpoint(out, model, Config(model=model_cfg))
+    return save_model_checkpoint(out, model, Config(model=model_cfg), tokenizer_dir)
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -359,6 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     imp = sub.add_parser("import", help="Hugging Face directory -> our checkpoint")
     imp.add_argument("--hf", required=True, help="local Hugging Face Llama directory")
     imp.add_argument("--out", required=True, help="checkpoint directory to write")
+    imp.add_argument("--tokenizer", default=None, help="our tokenizer directory to include (for run_inference.py)")
     for p in (exp, imp):
         p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the written weights")
         p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -372,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
         else:
-            out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite)
+            out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite, args.tokenizer)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,6 +56,8 @@ class TrainConfig:
     save_interval: int = 500  # checkpoint every N steps (and at the end)
     keep_last: int = 2  # step checkpoints kept, besides the best by validation loss
     resume: str = "auto"  # auto: latest checkpoint in out_dir if any; never: refuse a non-empty out_dir; or a path
+    init_from: str | None = None  # start from these weights (checkpoint or run dir; e.g. an imported HF model)
+    #                               with a fresh optimizer at step 0; ignored when resuming
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute block activations in backward to save memory
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when launched with several processes

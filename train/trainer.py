@@ -142,8 +142,13 @@ class Trainer:
 
         # Rank 0 decides (it alone may see the checkpoints, e.g. on another node's disk) and tells the others.
         resume_from = broadcast_object(self.world, on_main(self.world, self._resume_source))
+        init_from = None
+        if resume_from is None and t.init_from:
+            init_from = broadcast_object(self.world, on_main(self.world, lambda: ckpt.find_checkpoint(t.init_from)))
         self._setup_data()
-        self.raw_model = self._build_model(resume_from)  # FSDP: already sharded in place
+        self.raw_model = self._build_model(resume_from or init_from)  # FSDP: already sharded in place
+        if init_from is not None:
+            self._info(f"initialized from the weights of {init_from}")
         if self.parallel == "fsdp":
             self.model = self.raw_model
         else:
@@ -245,8 +250,9 @@ class Trainer:
         )
         next(iter(self.loader.validation_batches(1)))  # fail now, not at the first evaluation, if val is too small
 
-    def _build_model(self, resume_from: Path | None) -> Transformer:
-        """Build on the meta device, materialize on the target device, then init (or load) the weights.
+    def _build_model(self, weights_from: Path | None) -> Transformer:
+        """Build on the meta device, materialize on the target device, then init the weights or load them from
+        `weights_from` (the checkpoint resumed, or train.init_from).
 
         Under FSDP the model is sharded while still on the meta device, so no GPU ever holds all of it: rank 0
         makes the full weights on the CPU (the seeded init, or the checkpoint's) and each rank loads its shards.
@@ -259,7 +265,7 @@ class Trainer:
             model.to_empty(device=self.device)
             model.rope.reset_parameters()  # the non-persistent RoPE tables are in no state dict
             torch.manual_seed(self.cfg.train.seed)
-            weights = on_main(self.world, lambda: self._full_weights(model, resume_from))
+            weights = on_main(self.world, lambda: self._full_weights(model, weights_from))
             load_full_model_state(model, weights or {})
             # Rank 0 alone drew the init: give every rank the RNG state it would have after drawing it too.
             torch.set_rng_state(broadcast_object(self.world, torch.get_rng_state()))
@@ -267,8 +273,8 @@ class Trainer:
             model.to_empty(device=self.device)
             torch.manual_seed(self.cfg.train.seed)
             model.init_weights()
-            if resume_from is not None:
-                weights = on_main(self.world, lambda: self._checkpoint_weights(model, resume_from))
+            if weights_from is not None:
+                weights = on_main(self.world, lambda: self._checkpoint_weights(model, weights_from))
                 load_full_model_state(model, weights or {})
         n = model.num_params()
         self._info(
@@ -279,23 +285,22 @@ class Trainer:
         self._info(estimate_memory(self.cfg, self.world.world_size, self.parallel, self.precision).summary())
         return model
 
-    def _checkpoint_weights(self, model: Transformer, resume_from: Path) -> dict[str, torch.Tensor]:
+    def _checkpoint_weights(self, model: Transformer, weights_from: Path) -> dict[str, torch.Tensor]:
         """The checkpoint's full weights on the CPU, checked against this run's model (rank 0)."""
-        saved = ckpt.load_checkpoint_config(resume_from).model
-        if saved != self.cfg.model:
-            raise CheckpointError(
-                f"checkpoint {resume_from} was trained with a different model config ({saved}); "
-                f"this run has {self.cfg.model}"
-            )
-        weights = ckpt.read_weights(resume_from)
-        check_full_model_state(model, weights, str(resume_from / ckpt.WEIGHTS))
+        saved = ckpt.load_checkpoint_config(weights_from).model.architecture()
+        ours = self.cfg.model.architecture()
+        diff = [f"{k} {saved[k]} (checkpoint) != {ours[k]} (model.{k})" for k in ours if saved[k] != ours[k]]
+        if diff:
+            raise CheckpointError(f"checkpoint {weights_from} has a different model architecture: {'; '.join(diff)}")
+        weights = ckpt.read_weights(weights_from)
+        check_full_model_state(model, weights, str(weights_from / ckpt.WEIGHTS))
         return weights
 
-    def _full_weights(self, model: Transformer, resume_from: Path | None) -> dict[str, torch.Tensor]:
+    def _full_weights(self, model: Transformer, weights_from: Path | None) -> dict[str, torch.Tensor]:
         """Rank 0's full weights for an FSDP model: the checkpoint's, or a seeded init on the CPU (the same
         numbers as a single-process CPU run)."""
-        if resume_from is not None:
-            return self._checkpoint_weights(model, resume_from)
+        if weights_from is not None:
+            return self._checkpoint_weights(model, weights_from)
         with torch.device("meta"):
             full = Transformer(self.cfg.model)
         full.to_empty(device="cpu")

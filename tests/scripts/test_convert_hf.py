@@ -30,7 +30,7 @@ from scripts.convert_hf import (
 from tests.helpers import randomize
 from train.checkpoint import load_model, save_model_checkpoint
 from train.config import Config
-from train.errors import CheckpointError
+from train.errors import CheckpointError, DataError
 
 hf_logging.disable_progress_bar()
 
@@ -365,3 +365,14 @@ def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path, tokenizer_dir):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, attn_implementation="eager")
     toks = torch.tensor([ids])
     assert (hf_logits(hf.eval(), toks) - our_logits(model, toks)).abs().max() <= TOL
+
+
+def test_import_with_our_tokenizer(tmp_path, tiny_tokenizer):
+    from Tokenizer import Tokenizer
+
+    tiny_hf(2, True, 10000.0).save_pretrained(tmp_path / "hf")
+    out = import_checkpoint(tmp_path / "hf", tmp_path / "ours", tokenizer_dir=tiny_tokenizer.directory)
+    assert Tokenizer.load(out / "tokenizer").content_hash == tiny_tokenizer.content_hash
+    with pytest.raises(DataError, match="nowhere"):
+        import_checkpoint(tmp_path / "hf", tmp_path / "ours2", tokenizer_dir=tmp_path / "nowhere")
+    assert not (tmp_path / "ours2").exists()

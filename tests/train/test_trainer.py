@@ -15,7 +15,7 @@ from train import trainer as trainer_mod
 from train.checkpoint import find_checkpoint, load_model, load_training_state
 from train.errors import CheckpointError, ConfigError, DataError
 from train.parallel import World
-from train.trainer import StepRunner, TrainingStopped, train
+from train.trainer import StepRunner, Trainer, TrainingStopped, train
 
 from .conftest import tiny_config
 
@@ -146,7 +146,8 @@ def test_resume_from_explicit_path_and_model_mismatch(tmp_path, tiny_data):
                                "train.sample_tokens=0"))
     assert result.step == 4
     assert [r["step"] for r in read_metrics(tmp_path / "b") if "loss" in r] == [3, 4]
-    with pytest.raises(CheckpointError, match="different model config"):
+    arch_error = r"different model architecture: dim 64 \(checkpoint\) != 32 \(model\.dim\)"
+    with pytest.raises(CheckpointError, match=arch_error):
         train(tiny_config(tmp_path / "c", tiny_data, "model.dim=32", f"train.resume={ckpt}"))
     with pytest.raises(CheckpointError, match="does not exist"):
         train(tiny_config(tmp_path / "d", tiny_data, f"train.resume={tmp_path / 'nope'}"))
@@ -202,3 +203,20 @@ def test_every_checkpoint_is_evaluated(tmp_path, tiny_data):
     metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "checkpoints").glob("step_*/meta.json"))]
     assert [m["step"] for m in metas] == [3, 6]
     assert all(isinstance(m["val_loss"], float) for m in metas)
+
+
+def test_init_from_loads_weights_with_a_fresh_optimizer(tmp_path, tiny_data):
+    train(tiny_config(tmp_path / "a", tiny_data, "train.max_steps=6", "train.sample_tokens=0"))
+    # The same architecture written differently (explicit SwiGLU width, longer context) is accepted.
+    cfg = tiny_config(tmp_path / "b", tiny_data, "train.max_steps=4", "train.sample_tokens=0",
+                      f"train.init_from={tmp_path / 'a'}", "model.ffn_hidden_dim=192", "model.max_seq_len=128")
+    assert cfg.model.hidden_dim == tiny_config(tmp_path, tiny_data).model.hidden_dim
+    trainer = Trainer(cfg)
+    assert trainer.step == 0 and not trainer.optimizer.state
+    saved, _, _ = load_model(tmp_path / "a")
+    for name, p in saved.state_dict().items():
+        assert torch.equal(trainer.raw_model.state_dict()[name], p), name
+    trainer.fit()
+    first = next(r for r in read_metrics(tmp_path / "b") if "loss" in r)
+    fresh = next(r for r in read_metrics(tmp_path / "a") if "loss" in r)
+    assert first["step"] == 1 and first["loss"] < fresh["loss"] - 0.5
