@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from train.config import load_config
-    from train.errors import UserError
+    from core.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Under torchrun every rank meets the same error; rank 0 alone reports it, the others just exit.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from train.errors import DataError
+from core.errors import DataError
 
 MODEL_FILE = "tokenizer.model"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3

@@ -25,8 +25,8 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
-from train.atomic import atomic_directory
-from train.errors import ConfigError, DataError, UserError
+from core.atomic import atomic_directory
+from core.errors import ConfigError, DataError, UserError
 
 META_FILE = "meta.json"
 N_SPECIAL = 4  # unk, bos, eos, pad

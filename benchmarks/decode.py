@@ -43,7 +43,7 @@ from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
 from train.checkpoint import load_model, save_model_checkpoint  # noqa: E402
 from train.config import Config, load_config  # noqa: E402
-from train.errors import UserError  # noqa: E402
+from core.errors import UserError  # noqa: E402
 
 COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "decode_ms_per_step", "total_s", "gb_s", "note"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.errors import DataError
+from core.errors import DataError
 
 MANIFEST = "manifest.json"
 FORMAT = "mini-llm-tokens"

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.errors import DataError
+from core.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")  # .py: the default corpus is Python code
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")

@@ -15,7 +15,7 @@ from typing import NoReturn
 from inference.errors import GenerationError
 from inference.generator import DEFAULT_MAX_NEW_TOKENS, Generator
 from inference.sampling import SamplingParams
-from train.errors import UserError
+from core.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):

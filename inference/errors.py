@@ -1,7 +1,7 @@
 """Generation's error and warning: bad user input (entry points print it and exit with code 2), and a prompt
 cut to fit the model's context."""
 
-from train.errors import UserError
+from core.errors import UserError
 
 
 class GenerationError(UserError):

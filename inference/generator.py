@@ -21,7 +21,7 @@ from inference.streaming import TextStream
 from model import Transformer
 from Tokenizer import Tokenizer
 from train.checkpoint import TOKENIZER, load_model
-from train.errors import CheckpointError
+from core.errors import CheckpointError
 
 DEFAULT_MAX_NEW_TOKENS = 256
 GREEDY = SamplingParams(temperature=0.0)

@@ -39,7 +39,7 @@ from train.checkpoint import (  # noqa: E402
     save_model_checkpoint,
 )
 from train.config import Config  # noqa: E402
-from train.errors import CheckpointError, UserError  # noqa: E402
+from core.errors import CheckpointError, UserError  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HF_WEIGHTS = "model.safetensors"

@@ -27,9 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model import Transformer
-from train.atomic import atomic_directory, write_text_atomic
+from core.atomic import atomic_directory, write_text_atomic
 from train.config import Config, config_from_dict, load_yaml_tree
-from train.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"

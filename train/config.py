@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from model.config import ModelConfig
-from train.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from data.shards import HEADER_BYTES, dtype_from_name, load_manifest, open_shard
-from train.errors import DataError
+from core.errors import DataError
 
 SPLITS = ("train", "val")
 STATE_VERSION = 1

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from train.config import Config
-from train.errors import CheckpointError, ConfigError, UserError
+from core.errors import CheckpointError, ConfigError, UserError
 
 T = TypeVar("T")
 

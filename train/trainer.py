@@ -23,7 +23,7 @@ from tqdm import tqdm
 from model import Transformer
 from train import checkpoint as ckpt
 from train.config import Config
-from train.errors import CheckpointError, ConfigError, DataError
+from core.errors import CheckpointError, ConfigError, DataError
 from train.memory import estimate_memory
 from train.metrics import MetricsLogger, resolve_peak_flops
 from train.optim import build_optimizer, lr_at, set_lr

@@ -16,7 +16,7 @@ import data.prepare_data
 from data.encode import is_validation
 from data.prepare_data import main, prepare_dataset
 from data.shards import load_manifest, open_shard
-from train.errors import DataError
+from core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data.shards import HEADER_BYTES, SplitWriter, open_shard, pack_header, read_header, token_dtype
-from train.errors import DataError
+from core.errors import DataError
 
 
 def test_dtype_boundary():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from data.sources import SourceStats, iter_documents, parse_hf_spec, resolve_sources, stdlib_files
-from train.errors import DataError
+from core.errors import DataError
 
 
 def docs_of(specs, **kw) -> list[str]:

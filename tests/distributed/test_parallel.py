@@ -11,7 +11,7 @@ import torch
 from model import Transformer
 from model.config import ModelConfig
 from train.config import Config
-from train.errors import ConfigError
+from core.errors import ConfigError
 from train.optim import build_optimizer
 from train.parallel import (
     World,

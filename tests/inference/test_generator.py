@@ -13,7 +13,7 @@ from model import Transformer
 from tests.helpers import randomize
 from tests.inference.conftest import DOCS, MAX_SEQ_LEN, tiny_config
 from train.checkpoint import save_model_checkpoint
-from train.errors import CheckpointError
+from core.errors import CheckpointError
 
 PROMPTS = ["Hello", "The quick brown fox jumps over", "def add(a, b):\n    return", "a"]
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95)

@@ -30,7 +30,7 @@ from scripts.convert_hf import (
 from tests.helpers import randomize
 from train.checkpoint import load_model, save_model_checkpoint
 from train.config import Config
-from train.errors import CheckpointError, DataError
+from core.errors import CheckpointError, DataError
 
 hf_logging.disable_progress_bar()
 

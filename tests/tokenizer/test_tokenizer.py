@@ -16,7 +16,7 @@ import torch
 from tests.tokenizer.strategies import TRICKY
 from Tokenizer import Tokenizer, train_tokenizer
 from Tokenizer.tokenizer import MODEL_FILE
-from train.errors import DataError
+from core.errors import DataError
 
 
 def test_special_ids_and_sizes(tiny_tokenizer):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from Tokenizer import Tokenizer, train_tokenizer
 from Tokenizer.train_tokenizer import MAX_SENTENCE_BYTES, META_FILE, sample_texts, split_document
-from train.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

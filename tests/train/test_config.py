@@ -23,7 +23,7 @@ from train.config import (
     load_yaml_tree,
     parse_yaml,
 )
-from train.errors import ConfigError
+from core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

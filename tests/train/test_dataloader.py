@@ -15,7 +15,7 @@ import torch
 
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter
 from train.dataloader import DataLoader, TokenDataset, check_compatible
-from train.errors import DataError
+from core.errors import DataError
 
 VOCAB = 1 << 20  # > 65,536, so the synthetic shards are uint32 and can hold positions
 

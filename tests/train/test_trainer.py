@@ -13,7 +13,7 @@ import torch
 from model import Transformer
 from train import trainer as trainer_mod
 from train.checkpoint import find_checkpoint, load_model, load_training_state
-from train.errors import CheckpointError, ConfigError, DataError
+from core.errors import CheckpointError, ConfigError, DataError
 from train.parallel import World
 from train.trainer import StepRunner, Trainer, TrainingStopped, train
 
