@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import os
 
-    from train.config import load_config
     from core.errors import UserError
+    from train.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Under torchrun every rank meets the same error; rank 0 alone reports it, the others just exit.

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Iterator
 import sentencepiece as spm
 from tqdm import tqdm
 
-from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
 from core.atomic import atomic_directory
 from core.errors import ConfigError, DataError, UserError
+from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
 
 META_FILE = "meta.json"
 N_SPECIAL = 4  # unk, bos, eos, pad

@@ -37,13 +37,13 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import environment, print_table, write_result  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from inference.decode import COMPILE_FAILED, DecodeStep, generate_tokens  # noqa: E402
 from inference.generator import resolve_device, resolve_dtype  # noqa: E402
 from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
 from train.checkpoint import load_model, save_model_checkpoint  # noqa: E402
 from train.config import Config, load_config  # noqa: E402
-from core.errors import UserError  # noqa: E402
 
 COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "decode_ms_per_step", "total_s", "gb_s", "note"]
 

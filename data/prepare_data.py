@@ -23,12 +23,12 @@ import time
 
 from tqdm import tqdm
 
+from core.atomic import atomic_directory
+from core.errors import DataError, UserError
 from data.encode import ParallelEncoder, batch_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter, load_manifest, token_dtype
 from data.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from Tokenizer import Tokenizer, train_tokenizer
-from core.atomic import atomic_directory
-from core.errors import DataError, UserError
 
 TOKENIZER_SUBDIR = "tokenizer"
 DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around

@@ -12,10 +12,10 @@ import time
 import warnings
 from typing import NoReturn
 
+from core.errors import UserError
 from inference.errors import GenerationError
 from inference.generator import DEFAULT_MAX_NEW_TOKENS, Generator
 from inference.sampling import SamplingParams
-from core.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from core.errors import CheckpointError
 from inference.decode import DecodeStep, generate_tokens, left_pad
 from inference.errors import GenerationError, PromptTruncatedWarning
 from inference.sampling import Sampler, SamplingParams
@@ -21,7 +22,6 @@ from inference.streaming import TextStream
 from model import Transformer
 from Tokenizer import Tokenizer
 from train.checkpoint import TOKENIZER, load_model
-from core.errors import CheckpointError
 
 DEFAULT_MAX_NEW_TOKENS = 256
 GREEDY = SamplingParams(temperature=0.0)

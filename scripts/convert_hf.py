@@ -30,6 +30,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from core.errors import CheckpointError, UserError  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 from train.checkpoint import (  # noqa: E402
     TOKENIZER,
@@ -39,7 +40,6 @@ from train.checkpoint import (  # noqa: E402
     save_model_checkpoint,
 )
 from train.config import Config  # noqa: E402
-from core.errors import CheckpointError, UserError  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HF_WEIGHTS = "model.safetensors"

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import Transformer
 from core.atomic import atomic_directory, write_text_atomic
-from train.config import Config, config_from_dict, load_yaml_tree
 from core.errors import CheckpointError, ConfigError
+from model import Transformer
+from train.config import Config, config_from_dict, load_yaml_tree
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"

@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
-from model.config import ModelConfig
 from core.errors import ConfigError
+from model.config import ModelConfig
 
 
 @dataclass

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.shards import HEADER_BYTES, dtype_from_name, load_manifest, open_shard
 from core.errors import DataError
+from data.shards import HEADER_BYTES, dtype_from_name, load_manifest, open_shard
 
 SPLITS = ("train", "val")
 STATE_VERSION = 1

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from train.config import Config
 from core.errors import CheckpointError, ConfigError, UserError
+from train.config import Config
 
 T = TypeVar("T")
 

@@ -20,10 +20,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from core.errors import CheckpointError, ConfigError, DataError
 from model import Transformer
 from train import checkpoint as ckpt
 from train.config import Config
-from core.errors import CheckpointError, ConfigError, DataError
 from train.memory import estimate_memory
 from train.metrics import MetricsLogger, resolve_peak_flops
 from train.optim import build_optimizer, lr_at, set_lr

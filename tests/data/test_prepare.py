@@ -13,10 +13,10 @@ import pytest
 
 import data.encode
 import data.prepare_data
+from core.errors import DataError
 from data.encode import is_validation
 from data.prepare_data import main, prepare_dataset
 from data.shards import load_manifest, open_shard
-from core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 

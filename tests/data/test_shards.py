@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.shards import HEADER_BYTES, SplitWriter, open_shard, pack_header, read_header, token_dtype
 from core.errors import DataError
+from data.shards import HEADER_BYTES, SplitWriter, open_shard, pack_header, read_header, token_dtype
 
 
 def test_dtype_boundary():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from data.sources import SourceStats, iter_documents, parse_hf_spec, resolve_sources, stdlib_files
 from core.errors import DataError
+from data.sources import SourceStats, iter_documents, parse_hf_spec, resolve_sources, stdlib_files
 
 
 def docs_of(specs, **kw) -> list[str]:

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
+from core.errors import ConfigError
 from model import Transformer
 from model.config import ModelConfig
 from train.config import Config
-from core.errors import ConfigError
 from train.optim import build_optimizer
 from train.parallel import (
     World,

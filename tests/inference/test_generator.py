@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import CheckpointError
 from inference import DecodeStep, GenerationError, Generator, PromptTruncatedWarning, SamplingParams
 from model import Transformer
 from tests.helpers import randomize
 from tests.inference.conftest import DOCS, MAX_SEQ_LEN, tiny_config
 from train.checkpoint import save_model_checkpoint
-from core.errors import CheckpointError
 
 PROMPTS = ["Hello", "The quick brown fox jumps over", "def add(a, b):\n    return", "a"]
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95)

@@ -17,6 +17,7 @@ pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
+from core.errors import CheckpointError, DataError
 from model import ModelConfig, Transformer
 from scripts import convert_hf
 from scripts.convert_hf import (
@@ -30,7 +31,6 @@ from scripts.convert_hf import (
 from tests.helpers import randomize
 from train.checkpoint import load_model, save_model_checkpoint
 from train.config import Config
-from core.errors import CheckpointError, DataError
 
 hf_logging.disable_progress_bar()
 

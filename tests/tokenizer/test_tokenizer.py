@@ -13,10 +13,10 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from core.errors import DataError
 from tests.tokenizer.strategies import TRICKY
 from Tokenizer import Tokenizer, train_tokenizer
 from Tokenizer.tokenizer import MODEL_FILE
-from core.errors import DataError
 
 
 def test_special_ids_and_sizes(tiny_tokenizer):

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.errors import ConfigError, DataError
 from Tokenizer import Tokenizer, train_tokenizer
 from Tokenizer.train_tokenizer import MAX_SENTENCE_BYTES, META_FILE, sample_texts, split_document
-from core.errors import ConfigError, DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

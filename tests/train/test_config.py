@@ -10,6 +10,7 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from core.errors import ConfigError
 from model import ModelConfig
 from train.config import (
     Config,
@@ -23,7 +24,6 @@ from train.config import (
     load_yaml_tree,
     parse_yaml,
 )
-from core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import DataError
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter
 from train.dataloader import DataLoader, TokenDataset, check_compatible
-from core.errors import DataError
 
 VOCAB = 1 << 20  # > 65,536, so the synthetic shards are uint32 and can hold positions
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import CheckpointError, ConfigError, DataError
 from model import Transformer
 from train import trainer as trainer_mod
 from train.checkpoint import find_checkpoint, load_model, load_training_state
-from core.errors import CheckpointError, ConfigError, DataError
 from train.parallel import World
 from train.trainer import StepRunner, Trainer, TrainingStopped, train
 
