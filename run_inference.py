@@ -3,14 +3,21 @@
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from core import cli
+
 
 def main() -> int:
-    """Put the repo root on sys.path and hand over to inference.cli."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from inference.cli import main as cli_main
+    """Hand over to inference.cli, imported under cli.run so that a Ctrl-C while torch imports exits quietly."""
+    def start() -> int:
+        from inference.cli import main as generate
 
-    return cli_main()
+        return generate()
+
+    return cli.run(start)
 
 
 if __name__ == "__main__":
+    cli.quiet_interrupts()
     sys.exit(main())

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from core import cli
+
+EXIT_GAVE_UP = 1  # training stopped itself after train.max_bad_steps non-finite steps
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """Parse the command line, load and validate the config, train; returns the exit code."""
+    return cli.run(lambda: _train(argv))
+
+
+def _train(argv: list[str] | None) -> int:
+    parser = cli.ArgumentParser(
         description="Train a Llama-style model from a YAML config.",
         epilog="Overrides use dotted keys typed as YAML, e.g. train.max_steps=200 optim.lr=3e-4 model.n_kv_heads=2",
     )
@@ -22,36 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import os
 
-    from core.errors import UserError
     from train.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # Under torchrun every rank meets the same error; rank 0 alone reports it, the others just exit.
-    report = int(os.environ.get("RANK", 0)) == 0
-    try:
-        cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", 1)))
-        if args.print_config:
-            print(cfg.to_yaml(), end="")
-            return 0
-        from train.trainer import TrainingStopped, train
+    cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from train.trainer import TrainingStopped, train
 
+    try:
         result = train(cfg)
-    except UserError as e:
-        if report:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
     except TrainingStopped as e:
-        if report:
+        if int(os.environ.get("RANK", 0)) == 0:
             print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without saving
-        if report:
-            print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_GAVE_UP
     if result.interrupted is not None:
         return 128 + result.interrupted
     return 0
 
 
 if __name__ == "__main__":
+    cli.quiet_interrupts()
     sys.exit(main())

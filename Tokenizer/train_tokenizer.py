@@ -14,8 +14,10 @@ from pathlib import Path
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from core.cli import quiet_interrupts
 
-import argparse
+    quiet_interrupts()  # a Ctrl-C during the imports below exits 130 without a traceback
+
 import io
 import json
 import os
@@ -24,8 +26,10 @@ from collections.abc import Iterable, Iterator
 import sentencepiece as spm
 from tqdm import tqdm
 
+from core import cli
 from core.atomic import atomic_directory
-from core.errors import ConfigError, DataError, UserError
+from core.errors import ConfigError, DataError
+from core.sources import iter_documents
 from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
 
 META_FILE = "meta.json"
@@ -166,7 +170,7 @@ def train_tokenizer(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 for bad input)."""
-    parser = argparse.ArgumentParser(description="Train the SentencePiece BPE tokenizer on a sample of text.")
+    parser = cli.ArgumentParser(description="Train the SentencePiece BPE tokenizer on a sample of text.")
     parser.add_argument("--input", nargs="+", required=True, metavar="SOURCE",
                         help="files, directories, globs, hf:NAME[:CONFIG][@SPLIT] or builtin:python-stdlib")
     parser.add_argument("--vocab-size", type=int, required=True, help=f"number of token ids (>= {MIN_VOCAB_SIZE})")
@@ -177,17 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
 
-    from data.sources import iter_documents  # imported here: the library function needs no data package
-
-    try:
+    def run() -> None:
         tokenizer = train_tokenizer(iter_documents(args.input, text_field=args.text_field), args.vocab_size,
                                     args.out, sample_mb=args.sample_mb, seed=args.seed, progress=not args.quiet)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {tokenizer.directory / MODEL_FILE} (vocab {tokenizer.vocab_size}, sha256 "
-          f"{tokenizer.content_hash[:16]})")
-    return 0
+        print(f"wrote {tokenizer.directory / MODEL_FILE} (vocab {tokenizer.vocab_size}, sha256 "
+              f"{tokenizer.content_hash[:16]})")
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from pathlib import Path
 import common  # noqa: F401  (puts the repo root on sys.path)
 from common import environment, print_table, write_result
 
+from core.sources import iter_documents
 from data.prepare_data import prepare_dataset
 from data.shards import load_manifest
-from data.sources import iter_documents
 from Tokenizer import Tokenizer, train_tokenizer
 
 

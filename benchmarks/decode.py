@@ -37,13 +37,14 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import environment, print_table, write_result  # noqa: E402
+from core import cli  # noqa: E402
+from core.device import resolve_device, resolve_dtype  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from inference.decode import COMPILE_FAILED, DecodeStep, generate_tokens  # noqa: E402
-from inference.generator import resolve_device, resolve_dtype  # noqa: E402
 from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
-from train.checkpoint import load_model, save_model_checkpoint  # noqa: E402
-from train.config import Config, load_config  # noqa: E402
+from model.checkpoint import load_model, save_model_checkpoint  # noqa: E402
+from train.config import load_config  # noqa: E402
 
 COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "decode_ms_per_step", "total_s", "gb_s", "note"]
 
@@ -72,23 +73,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---- models -----------------------------------------------------------------------------------------------------
 
 
-def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[Transformer, Config]:
+def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Transformer:
     """The checkpoint's model, or a seeded random model of the config's model section."""
     if args.checkpoint:
-        model, cfg, _ = load_model(args.checkpoint, device, dtype)
-        return model, cfg
-    cfg = load_config(args.config)
+        return load_model(args.checkpoint, device, dtype)[0]
     torch.manual_seed(0)
-    return Transformer(cfg.model).to(device=device, dtype=dtype).eval(), cfg
+    return Transformer(load_config(args.config).model).to(device=device, dtype=dtype).eval()
 
 
-def load_hf_peer(model: Transformer, cfg: Config, device: torch.device, dtype: torch.dtype, tmp: Path):
+def load_hf_peer(model: Transformer, device: torch.device, dtype: torch.dtype, tmp: Path):
     """The same weights through scripts/convert_hf.py's export, loaded by transformers."""
     from transformers import AutoModelForCausalLM
 
     from scripts.convert_hf import export_checkpoint
 
-    ckpt = save_model_checkpoint(tmp / "ckpt", model, cfg)
+    ckpt = save_model_checkpoint(tmp / "ckpt", model)
     hf_dir = export_checkpoint(ckpt, tmp / "hf", dtype="float32")
     return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
 
@@ -215,12 +214,12 @@ def benchmark(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model, cfg = build_model(args, device, dtype)
-    if args.prompt_len + args.new_tokens > cfg.model.max_seq_len:
-        raise UserError(f"--prompt-len + --new-tokens exceeds the model's max_seq_len ({cfg.model.max_seq_len})")
+    model = build_model(args, device, dtype)
+    if args.prompt_len + args.new_tokens > model.cfg.max_seq_len:
+        raise UserError(f"--prompt-len + --new-tokens exceeds the model's max_seq_len ({model.cfg.max_seq_len})")
     T, N = args.prompt_len, args.new_tokens
     tmp = tempfile.TemporaryDirectory()
-    peer = None if args.no_hf else load_hf_peer(model, cfg, device, dtype, Path(tmp.name))
+    peer = None if args.no_hf else load_hf_peer(model, device, dtype, Path(tmp.name))
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
 
     compiled = DecodeStep(compile=True)
@@ -231,11 +230,11 @@ def benchmark(args: argparse.Namespace) -> dict:
             Variant("ours no-kv-cache", ours(model, False, None, T + N), args.no_cache_repeats),
         ]
         if args.compile != "off":
-            S = cfg.model.max_seq_len
+            S = model.cfg.max_seq_len
             variants.append(Variant("ours kv-cache+compile", ours(model, True, compiled, S), args.repeats, S))
         if peer is not None:
             variants.append(Variant("hf generate", hf(peer), args.repeats))
-        tokens = torch.randint(0, cfg.model.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
+        tokens = torch.randint(0, model.cfg.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
         tokens = tokens.expand(B, T).contiguous().to(device)
         measure_all(variants, tokens, N)
         for v in variants:
@@ -272,14 +271,9 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def report(args: argparse.Namespace) -> None:
     """Run, print the table and summary, write JSON."""
-    args = parse_args(argv)
-    try:
-        payload = benchmark(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    payload = benchmark(args)
     env = payload["env"]
     print(f"decode benchmark: {payload['settings']['source']}, {env['device']} {env.get('gpu', '')} {env['dtype']}, "
           f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['commit']}")
@@ -293,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     device = env["device"].split(":")[0]
     path = write_result(f"decode-{device}", payload, args.out)
     print(f"wrote {path}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return cli.run(lambda: report(args))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Training throughput: python benchmarks/train_throughput.py --config configs/tiny.yaml [key=value ...]
 
-Runs the real optimizer step (train.trainer.StepRunner: forward, backward, clipping, AdamW) on random tokens
-after a warmup, and reports tokens/s, step time, peak memory and (on known GPUs) MFU. Prints a table and
+Builds the model exactly as training does (train.engine.build_engine: meta device, init, compile, parallelism,
+optimizer) and runs the real optimizer step (Engine.train_step: forward, backward, clipping, AdamW) on random
+tokens after a warmup, and reports tokens/s, step time, peak memory and (on known GPUs) MFU. Prints a table and
 writes JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import sys
@@ -17,37 +17,27 @@ import common  # noqa: F401  (puts the repo root on sys.path)
 import torch
 from common import environment, print_table, write_result
 
-from model import Transformer
+from core import cli
 from train.config import load_config
+from train.engine import build_engine
 from train.metrics import resolve_peak_flops
-from train.optim import build_optimizer
-from train.parallel import World, apply_parallelism, pick_device, resolve_precision
-from train.trainer import StepRunner
+from train.parallel import World, resolve_plan
 
 
 def measure(cfg, steps: int, warmup: int) -> dict:
-    world = World()
-    device = pick_device(cfg.train.device, world)
-    precision = resolve_precision(cfg.train.precision, device)
+    plan = resolve_plan(cfg.train, World())
+    device, precision = plan.device, plan.precision
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(cfg.train.seed)
-    with torch.device("meta"):
-        raw = Transformer(cfg.model)
-    raw.to_empty(device=device)
-    raw.init_weights()
-    model = apply_parallelism(raw, cfg, device, world, precision)
-    optimizer = build_optimizer(raw, cfg.optim, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    runner = StepRunner(model, optimizer, scaler, device, precision, precision, cfg.optim.grad_clip, world)
+    engine = build_engine(cfg, plan)
+    raw = engine.raw_model
     accum = cfg.grad_accum_steps()
     t = cfg.train
     gen = torch.Generator().manual_seed(0)
 
     def batch():
         x = torch.randint(0, cfg.model.vocab_size, (t.micro_batch_size, t.seq_len + 1), generator=gen)
-        return x[:, :-1].pin_memory() if device.type == "cuda" else x[:, :-1], x[:, 1:]
+        return x[:, :-1], x[:, 1:]  # as the real loader gives them (unpinned)
 
     times = []
     for i in range(warmup + steps):
@@ -55,7 +45,7 @@ def measure(cfg, steps: int, warmup: int) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        runner(batches)  # .item() inside synchronizes
+        engine.train_step(batches)  # .item() inside synchronizes
         if i >= warmup:
             times.append(time.perf_counter() - start)
     tokens = t.batch_size * t.seq_len
@@ -82,13 +72,18 @@ def measure(cfg, steps: int, warmup: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
     parser.add_argument("--out", default=None, help="JSON path (default: under benchmarks/results/)")
     args = parser.parse_args(argv)
+    return cli.run(lambda: report(args))
+
+
+def report(args) -> None:
+    """Measure, print the table, write JSON."""
     cfg = load_config(args.config, args.overrides)
     result = measure(cfg, args.steps, args.warmup)
     row = {"config": args.config, **result}
@@ -98,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result(name, {"benchmark": "train_throughput", "config": args.config, "overrides": args.overrides,
                                "result": result, "env": environment(result["device"])}, args.out)
     print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

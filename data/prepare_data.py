@@ -13,8 +13,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import from the repo root, not from data/ (which would shadow
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # stdlib names for any module placed here)
+    from core.cli import quiet_interrupts
 
-import argparse
+    quiet_interrupts()  # a Ctrl-C during the imports below exits 130 without a traceback
+
 import hashlib
 import json
 import os
@@ -23,11 +25,12 @@ import time
 
 from tqdm import tqdm
 
+from core import cli
 from core.atomic import atomic_directory
-from core.errors import DataError, UserError
+from core.errors import DataError
+from core.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from data.encode import ParallelEncoder, batch_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter, load_manifest, token_dtype
-from data.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from Tokenizer import Tokenizer, train_tokenizer
 
 TOKENIZER_SUBDIR = "tokenizer"
@@ -100,6 +103,14 @@ def _tokenize_into(out: Path, sources: list[Source], tokenizer: Tokenizer, text_
     }
 
 
+def tokenizer_location(dataset_dir: str | Path, tokenizer_dir: str | Path | None) -> tuple[Path, bool]:
+    """(directory of the tokenizer, whether it lives inside the dataset): an explicit tokenizer_dir is used as
+    is; otherwise the dataset keeps its own in DATASET_DIR/tokenizer."""
+    if tokenizer_dir:
+        return Path(tokenizer_dir), False
+    return Path(dataset_dir) / TOKENIZER_SUBDIR, True
+
+
 def _check_out_dir(out: Path, force: bool) -> None:
     """Refuse to replace a directory that is not a dataset (only a tokenizer/ inside it is expected)."""
     if out.exists() and not force:
@@ -143,8 +154,7 @@ def prepare_dataset(
     resolved = resolve_sources(sources)
     workers = workers or available_cpus()
 
-    inside = tokenizer_dir is None
-    tok_dir = out / TOKENIZER_SUBDIR if inside else Path(tokenizer_dir)
+    tok_dir, inside = tokenizer_location(out, tokenizer_dir)
     retrain = inside and force and vocab_size is not None
     tokenizer = None
     if (tok_dir / "tokenizer.model").is_file() and not retrain:
@@ -207,7 +217,7 @@ def prepare_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; user errors print one line and return 2."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, metavar="SOURCE",
                    help="files, directories, globs, hf:NAME[:CONFIG][@SPLIT], builtin:python-stdlib")
     p.add_argument("--out", required=True, help="output dataset directory")
@@ -222,15 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-sample-mb", type=int, default=64, help="MB of text sampled to train the tokenizer")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> None:
         prepare_dataset(args.input, args.out, tokenizer_dir=args.tokenizer, vocab_size=args.vocab_size,
                         text_field=args.text_field, val_fraction=args.val_fraction, workers=args.workers,
                         force=args.force, tokenizer_sample_mb=args.tokenizer_sample_mb,
                         progress=not args.no_progress, shard_tokens=args.shard_tokens)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from inference.decode import DecodeStep, decode_one_token, generate_tokens, left_pad, prefill
 from inference.errors import GenerationError, PromptTruncatedWarning
-from inference.generator import Completion, Generator, resolve_device, resolve_dtype
+from inference.generator import Completion, Generator
 from inference.sampling import Sampler, SamplingParams
 from inference.streaming import TextStream
 
@@ -19,6 +19,4 @@ __all__ = [
     "generate_tokens",
     "left_pad",
     "prefill",
-    "resolve_device",
-    "resolve_dtype",
 ]

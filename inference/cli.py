@@ -10,24 +10,16 @@ import argparse
 import sys
 import time
 import warnings
-from typing import NoReturn
 
-from core.errors import UserError
+from core import cli
 from inference.errors import GenerationError
 from inference.generator import DEFAULT_MAX_NEW_TOKENS, Generator
 from inference.sampling import SamplingParams
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as one `error: ...` line (exit code 2), like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The run_inference.py flags."""
-    p = _Parser(prog="run_inference.py", description="Generate text from a checkpoint (KV-cached decoding).",
+    p = cli.ArgumentParser(prog="run_inference.py", description="Generate text from a checkpoint (KV-cached decoding).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a training run's out_dir (latest)")
     p.add_argument("--prompt", help="prompt text; '-' reads it from stdin (one trailing newline dropped)")
@@ -115,15 +107,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run, and turn user errors into one line and exit code 2."""
+    """Parse and run; user errors are one line and exit code 2 (core.cli.run)."""
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    return 0
+    return cli.run(lambda: run(args))

@@ -14,22 +14,18 @@ from pathlib import Path
 
 import torch
 
+from core.device import resolve_device, resolve_dtype
 from core.errors import CheckpointError
 from inference.decode import DecodeStep, generate_tokens, left_pad
 from inference.errors import GenerationError, PromptTruncatedWarning
 from inference.sampling import Sampler, SamplingParams
 from inference.streaming import TextStream
 from model import Transformer
+from model.checkpoint import TOKENIZER, load_model
 from Tokenizer import Tokenizer
-from train.checkpoint import TOKENIZER, load_model
 
 DEFAULT_MAX_NEW_TOKENS = 256
 GREEDY = SamplingParams(temperature=0.0)
-DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-}
 
 
 @dataclass
@@ -40,34 +36,6 @@ class Completion:
     token_ids: list[int]  # its tokens (EOS not included; tokens that spelled a stop string are)
     finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
     prompt_tokens: int  # prompt length after any truncation
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; an unavailable device is a GenerationError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GenerationError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenerationError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise GenerationError(f"device {name!r} requested but MPS is not available")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, fp32 on CPU; or a named dtype."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
-    if name not in DTYPES:
-        raise GenerationError(f"unknown dtype {name!r} (use auto, fp32, bf16 or fp16)")
-    return DTYPES[name]
 
 
 class Generator:
@@ -94,8 +62,8 @@ class Generator:
         use_kv_cache: bool = True,
     ) -> Generator:
         """Load a checkpoint directory or a run's out_dir (its latest checkpoint) with its tokenizer."""
-        dev = resolve_device(device)
-        model, _, ckpt_dir = load_model(path, dev, resolve_dtype(dtype, dev))
+        dev = resolve_device(device, "device")
+        model, ckpt_dir = load_model(path, dev, resolve_dtype(dtype, dev, "dtype"))
         if not (ckpt_dir / TOKENIZER).is_dir():
             raise CheckpointError(f"checkpoint {ckpt_dir} has no {TOKENIZER}/ directory: cannot turn text into tokens")
         return cls(model, Tokenizer.load(ckpt_dir / TOKENIZER), compile=compile, use_kv_cache=use_kv_cache)

@@ -26,20 +26,19 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+if __name__ == "__main__":
+    from core.cli import quiet_interrupts
+
+    quiet_interrupts()  # a Ctrl-C during the imports below exits 130 without a traceback
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from core import cli  # noqa: E402
+from core.atomic import atomic_directory  # noqa: E402
 from core.errors import CheckpointError, UserError  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
-from train.checkpoint import (  # noqa: E402
-    TOKENIZER,
-    atomic_directory,
-    load_model,
-    model_state_dict,
-    save_model_checkpoint,
-)
-from train.config import Config  # noqa: E402
+from model.checkpoint import TOKENIZER, load_model, model_state_dict, save_model_checkpoint  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HF_WEIGHTS = "model.safetensors"
@@ -308,15 +307,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "flo
     """Write a Hugging Face Llama directory for a checkpoint (or a run directory's latest checkpoint)."""
     out = Path(out)
     _check_out(out, overwrite)
-    model, cfg, ckpt_dir = load_model(checkpoint, dtype=DTYPES[dtype])
-    hf_state = to_hf_state_dict(model_state_dict(model), cfg.model)
+    model, ckpt_dir = load_model(checkpoint, dtype=DTYPES[dtype])
+    hf_state = to_hf_state_dict(model_state_dict(model), model.cfg)
     with atomic_directory(out) as tmp:
         if (ckpt_dir / TOKENIZER).is_dir():
             from Tokenizer.hf_export import export_hf_tokenizer  # lazy: only needed when there is a tokenizer
 
             export_hf_tokenizer(ckpt_dir / TOKENIZER, tmp)
         special_ids = special_token_ids(tmp)
-        config = hf_config(cfg.model, DTYPES[dtype], special_ids)
+        config = hf_config(model.cfg, DTYPES[dtype], special_ids)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if special_ids:  # generate() then knows where to start and stop
             (tmp / "generation_config.json").write_text(json.dumps(special_ids, indent=2) + "\n")
@@ -351,7 +350,7 @@ def import_checkpoint(
     model.load_state_dict(state, strict=True, assign=True)
     if model_cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight  # assign replaced the shared parameter; tie again
-    return save_model_checkpoint(out, model, Config(model=model_cfg), tokenizer_dir)
+    return save_model_checkpoint(out, model, tokenizer_dir)
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -359,7 +358,7 @@ def import_checkpoint(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the `export` / `import` subcommands."""
-    parser = argparse.ArgumentParser(description="Convert checkpoints to and from Hugging Face Llama directories.")
+    parser = cli.ArgumentParser(description="Convert checkpoints to and from Hugging Face Llama directories.")
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="our checkpoint -> Hugging Face directory")
     exp.add_argument("--checkpoint", required=True, help="checkpoint directory or training run directory")
@@ -377,16 +376,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run one conversion; bad input prints one `error:` line and returns 2."""
     args = parse_args(argv)
-    try:
+
+    def run() -> None:
         if args.command == "export":
             out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
         else:
             out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite, args.tokenizer)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+        print(f"wrote {out}")
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

@@ -5,17 +5,33 @@ Writes loss.png (train and validation loss), lr.png, grad_norm.png and throughpu
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from core import cli  # noqa: E402
+from core.errors import DataError  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
     """Records of metrics.jsonl (skipped-step records left out)."""
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise DataError(f"no metrics file at {path}")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {i}: not a JSON record ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise DataError(f"{path}, line {i}: a metrics record needs an integer 'step'")
+        records.append(record)
     return [r for r in records if not r.get("skipped")]
 
 
@@ -63,17 +79,17 @@ def plot(out_dir: Path, dest: Path | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Write the plots of one run; bad input is one `error:` line and exit code 2."""
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="training run directory (holds metrics.jsonl)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the PNGs (default: OUT_DIR)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         for path in plot(args.out_dir, args.out):
             print(path)
-    except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

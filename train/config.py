@@ -1,41 +1,27 @@
-"""Typed run configuration.
+"""The run configuration's schema: one dataclass per YAML section, and how a run's config file is loaded.
 
 Loading is: YAML file (with optional `base:` inheritance, deep-merged) -> dotted `key=value` overrides from the
 command line (values typed by YAML rules) -> one dataclass per section (an unknown key is an error suggesting the
-closest valid key; a wrong type names key, value and expected type) -> `Config.validate()` for cross-field rules.
-Every field is documented once, where it is declared.
+closest valid key; a wrong type names key, value and expected type) -> each section's `validate()` -> the
+cross-section rules in `Config.validate()`. The generic machinery is core/configio.py; the model and data
+sections are declared by their own packages (model/config.py, data/config.py). Every field is documented once,
+where it is declared.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from core.configio import apply_overrides, build, dump_yaml, load_yaml_tree
+from core.device import check_device_name
 from core.errors import ConfigError
+from data.config import DataConfig
 from model.config import ModelConfig
 
-
-@dataclass
-class DataConfig:
-    """Where the training text comes from and where its tokenized form lives."""
-
-    # files, directories, globs, hf:NAME[:CONFIG][@SPLIT], or builtin:python-stdlib
-    sources: list[str] = field(default_factory=lambda: ["builtin:python-stdlib"])
-    dataset_dir: str | None = None  # prepared shards + manifest.json; None: out/datasets/<config name>
-    # SentencePiece model directory; None: <dataset_dir>/tokenizer, trained with model.vocab_size when missing
-    tokenizer_dir: str | None = None
-    text_field: str = "text"  # field holding the text in .jsonl / .parquet sources
-    val_fraction: float = 0.005  # fraction of documents held out for validation (chosen per document, deterministic)
-    workers: int = 0  # tokenization processes; 0 means all cores
-    tokenizer_sample_mb: int = 64  # MB of text sampled to train the tokenizer (bounds its memory)
+SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit seed
 
 
 @dataclass
@@ -66,6 +52,24 @@ class TrainConfig:
     sample_prompt: str = "def "  # prompt for the sample printed at each evaluation
     sample_tokens: int = 64  # tokens generated for that sample
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the first train.* key that is out of range."""
+        for key in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_interval", "eval_batches",
+                    "save_interval", "keep_last", "max_bad_steps", "log_interval"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.stop_at_step is not None and self.stop_at_step <= 0:
+            raise ConfigError(f"train.stop_at_step must be positive, got {self.stop_at_step}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"train.seed must be in [0, 2**63), got {self.seed}")
+        if self.sample_tokens < 0:
+            raise ConfigError(f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
+        if self.sample_tokens and not self.sample_prompt:
+            raise ConfigError("train.sample_prompt must not be empty (or set train.sample_tokens=0 for no sample)")
+        check_device_name(self.device, "train.device")
+        if not self.resume:
+            raise ConfigError("train.resume must be auto, never, or a checkpoint path")
+
 
 @dataclass
 class OptimConfig:
@@ -84,6 +88,25 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     fused: bool | None = None  # fused AdamW kernel; None: on for CUDA
 
+    def validate(self) -> None:
+        """Raise ConfigError naming the first optim.* key that is out of range."""
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"optim.min_lr ({self.min_lr}) must be between 0 and optim.lr ({self.lr})")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.schedule == "wsd" and not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(self, key)}")
+        for key in ("weight_decay", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
+        if self.eps <= 0:
+            raise ConfigError(f"optim.eps must be positive, got {self.eps}")
+
 
 @dataclass
 class LogConfig:
@@ -95,6 +118,11 @@ class LogConfig:
     wandb_run_name: str | None = None  # None: the out_dir name
     progress: bool = True  # tqdm progress bar
     peak_tflops: float | None = None  # dense bf16 peak per device for MFU; None: looked up from the GPU name
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first log.* key that is out of range."""
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError(f"log.peak_tflops must be positive, got {self.peak_tflops}")
 
 
 @dataclass
@@ -112,24 +140,18 @@ class Config:
         return self.train.batch_size // (self.train.micro_batch_size * world_size)
 
     def validate(self, world_size: int = 1) -> None:
-        """Check cross-field rules; raise ConfigError naming the offending keys."""
+        """Each section's own rules, then the rules that span sections; raise ConfigError naming the keys."""
         try:
             self.model.validate(prefix="model.")
-        except ValueError as e:
+        except ValueError as e:  # the model layer reports plain ValueErrors; here they are config errors
             raise ConfigError(str(e)) from None
-        t, o, d = self.train, self.optim, self.data
-        for key in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_interval", "eval_batches",
-                    "save_interval", "keep_last", "max_bad_steps", "log_interval"):
-            if getattr(t, key) <= 0:
-                raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
-        if t.stop_at_step is not None and t.stop_at_step <= 0:
-            raise ConfigError(f"train.stop_at_step must be positive, got {t.stop_at_step}")
-        if not 0 <= t.sample_tokens < self.model.max_seq_len:
+        for section in (self.data, self.train, self.optim, self.log):
+            section.validate()
+        t, o = self.train, self.optim
+        if t.sample_tokens >= self.model.max_seq_len:
             raise ConfigError(
                 f"train.sample_tokens must be in [0, model.max_seq_len={self.model.max_seq_len}), got {t.sample_tokens}"
             )
-        if t.sample_tokens and not t.sample_prompt:
-            raise ConfigError("train.sample_prompt must not be empty (or set train.sample_tokens=0 for no sample)")
         if t.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len ({t.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
         per_step = t.micro_batch_size * world_size
@@ -138,234 +160,31 @@ class Config:
                 f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size "
                 f"({t.micro_batch_size}) x {world_size} data-parallel rank(s) = {per_step}"
             )
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
-            raise ConfigError(f"train.device must be auto, cpu, mps, cuda or cuda:N, got {t.device!r}")
-        if not t.resume:
-            raise ConfigError("train.resume must be auto, never, or a checkpoint path")
-        if o.lr <= 0:
-            raise ConfigError(f"optim.lr must be positive, got {o.lr}")
-        if not 0 <= o.min_lr <= o.lr:
-            raise ConfigError(f"optim.min_lr ({o.min_lr}) must be between 0 and optim.lr ({o.lr})")
-        if o.warmup_steps < 0:
-            raise ConfigError(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
         if o.warmup_steps >= t.max_steps:
             raise ConfigError(
                 f"optim.warmup_steps ({o.warmup_steps}) must be shorter than train.max_steps ({t.max_steps})"
             )
         if o.schedule == "wsd":
-            if not 0 < o.decay_fraction <= 1:
-                raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {o.decay_fraction}")
             decay_steps = int(o.decay_fraction * t.max_steps)
             if o.warmup_steps + decay_steps > t.max_steps:
                 raise ConfigError(
                     f"optim.warmup_steps ({o.warmup_steps}) + decay steps ({decay_steps} = optim.decay_fraction "
                     f"x train.max_steps) exceed train.max_steps ({t.max_steps})"
                 )
-        for key in ("beta1", "beta2"):
-            if not 0 <= getattr(o, key) < 1:
-                raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(o, key)}")
-        for key in ("weight_decay", "grad_clip"):
-            if getattr(o, key) < 0:
-                raise ConfigError(f"optim.{key} must be >= 0, got {getattr(o, key)}")
-        if o.eps <= 0:
-            raise ConfigError(f"optim.eps must be positive, got {o.eps}")
-        if not d.sources:
-            raise ConfigError("data.sources must name at least one source")
-        if not 0 <= d.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
-        if d.workers < 0:
-            raise ConfigError(f"data.workers must be >= 0, got {d.workers}")
-        if d.tokenizer_sample_mb <= 0:
-            raise ConfigError(f"data.tokenizer_sample_mb must be positive, got {d.tokenizer_sample_mb}")
-        if self.log.peak_tflops is not None and self.log.peak_tflops <= 0:
-            raise ConfigError(f"log.peak_tflops must be positive, got {self.log.peak_tflops}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
+        return dump_yaml(self.to_dict())
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
 
 
-# ---- YAML ----------------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `3e-4` as a float (YAML 1.1 wants `3.0e-4`, which nobody writes)."""
-
-
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper that quotes the strings _Loader reads as floats, so a saved '1e5' reloads as a string."""
-
-
-for _cls in (_Loader, _Dumper):
-    _cls.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(e).split())}") from None
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_yaml_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML config, resolving `base:` (a path relative to the file, or a list of them) recursively."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    resolved = path.resolve()
-    if resolved in _chain:
-        raise ConfigError(f"config inheritance cycle: {' -> '.join(str(p) for p in (*_chain, resolved))}")
-    raw = parse_yaml(path.read_text(), str(path))
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    bases = raw.pop("base", None)
-    if bases is None:
-        return raw
-    merged: dict = {}
-    for base in bases if isinstance(bases, list) else [bases]:
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: base must be a path or a list of paths, got {base!r}")
-        merged = _deep_merge(merged, load_yaml_tree(path.parent / base, (*_chain, resolved)))
-    return _deep_merge(merged, raw)
-
-
-# ---- overrides -----------------------------------------------------------------------------------------------
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `section.key=value` strings to a raw config dict; values are parsed as YAML."""
-    raw = _deep_merge({}, raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or "." not in key:
-            raise ConfigError(f"override {item!r} must look like section.key=value (for example train.max_steps=200)")
-        value = parse_yaml(text, f"override {key}")
-        node = raw
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if node.get(part) is None:  # absent, or an empty section (`train:` with every key commented out)
-                node[part] = {}
-            child = node[part]
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
-            node[part] = node = dict(child)  # copy on write: the caller's nested dicts stay untouched
-        node[parts[-1]] = value
-    return raw
-
-
-# ---- dict -> dataclasses -------------------------------------------------------------------------------------
-
-
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            keys += _all_keys(tp, f"{prefix}{f.name}.")
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
-def _unknown_key(key: str) -> ConfigError:
-    """Suggest, in order: a similar key of the same section (`model.eps` -> `model.norm_eps`), the same key in
-    another section (`train.lr` -> `optim.lr`), or the closest key anywhere."""
-    valid = _all_keys(Config) + [f.name for f in dataclasses.fields(Config)]
-    section, _, leaf = key.rpartition(".")
-    siblings = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section]
-    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
-    close = close or [s for s in siblings if len(leaf) >= 3 and (leaf in s or s in leaf)][:1]
-    guesses = [f"{section}.{close[0]}" if section else close[0]] if close else []
-    guesses = guesses or [k for k in valid if k.rpartition(".")[2] == leaf]
-    guesses = guesses or difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = f" (did you mean '{guesses[0]}'?)" if guesses else ""
-    return ConfigError(f"unknown config key '{key}'{hint}")
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        expected = " or ".join(_type_name(a) for a in args).replace("NoneType", "null")
-        raise ConfigError(f"config key '{key}' expects {expected}, got {value!r} ({type(value).__name__})")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        if isinstance(value, str) and args == (str,):
-            value = [value]  # `data.sources=file.txt` on the command line means a one-item list
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r} ({type(value).__name__})")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(tp)
-    if ok is None:
-        raise TypeError(f"unsupported config field type {tp} for {key}")
-    if not ok:
-        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    return float(value) if tp is float else value
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in hints:
-            raise _unknown_key(f"{prefix}{key}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
 def config_from_dict(raw: dict) -> Config:
     """Build a Config from a plain dict (unknown keys and wrong types raise ConfigError); no validation."""
-    return _build(Config, raw, "")
+    return build(Config, raw)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, world_size: int = 1) -> Config:

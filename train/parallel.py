@@ -22,8 +22,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core.errors import CheckpointError, ConfigError, UserError
-from train.config import Config
+from core.device import resolve_device
+from core.errors import ConfigError, UserError
+from model.checkpoint import drop_tied_head, restore_tied_head
+from train.config import TrainConfig
 
 T = TypeVar("T")
 
@@ -63,7 +65,7 @@ def init_world(device_pref: str, parallel: str = "auto") -> World:
     """
     world = world_from_env()
     mode = resolve_parallel(parallel, world)
-    device = pick_device(device_pref, world)
+    device = resolve_device(device_pref, "train.device", world.local_rank, world.world_size)
     if (world.distributed or mode == "fsdp") and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)  # before NCCL starts, so each rank talks from its own GPU
@@ -80,26 +82,27 @@ def close_world() -> None:
         dist.destroy_process_group()
 
 
-def pick_device(pref: str, world: World) -> torch.device:
-    """`auto` picks CUDA (this rank's GPU), then MPS, then CPU."""
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", world.local_rank)
-        if torch.backends.mps.is_available() and not world.distributed:
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(pref)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={pref} but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", world.local_rank)
-        elif world.distributed:
-            raise ConfigError(f"train.device={pref} would put all {world.world_size} processes on one GPU: use "
-                              "cuda or auto (each rank takes the GPU of its LOCAL_RANK)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device={pref} but MPS is not available")
-    return device
+@dataclass(frozen=True)
+class Plan:
+    """Where and how this run executes, resolved once from the config and the launch: every later decision reads
+    it instead of resolving again."""
+
+    world: World
+    device: torch.device
+    parallel: str  # the resolved mode: none, ddp or fsdp
+    precision: str  # the resolved precision: fp32, bf16 or fp16
+
+    @property
+    def autocast_precision(self) -> str:
+        """Precision of the autocast context: FSDP2's bf16 policy casts the parameters itself."""
+        return "fp32" if self.parallel == "fsdp" and self.precision == "bf16" else self.precision
+
+
+def resolve_plan(train: TrainConfig, world: World) -> Plan:
+    """Device, parallel mode and precision for `train` (the train config section) launched as `world`."""
+    device = resolve_device(train.device, "train.device", world.local_rank, world.world_size)
+    parallel = resolve_parallel(train.parallel, world)
+    return Plan(world, device, parallel, resolve_precision(train.precision, device, parallel))
 
 
 def resolve_precision(pref: str, device: torch.device, parallel: str = "none") -> str:
@@ -114,14 +117,6 @@ def resolve_precision(pref: str, device: torch.device, parallel: str = "none") -
         # skipping a step; bf16 needs no scaler.
         raise ConfigError("train.precision=fp16 is not supported with train.parallel=fsdp: use bf16")
     return pref
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast context for the forward pass (fp32 runs without one)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def resolve_parallel(mode: str, world: World) -> str:
@@ -152,9 +147,7 @@ def _checkpointed(forward):
     return run
 
 
-def apply_parallelism(
-    model: nn.Module, cfg: Config, device: torch.device, world: World, precision: str
-) -> nn.Module:
+def apply_parallelism(model: nn.Module, train: TrainConfig, plan: Plan) -> nn.Module:
     """Apply, in this order: activation checkpointing per block, torch.compile per block, then DDP or FSDP2.
 
     The order matters: the checkpoint wraps the block's own forward, compile then captures the block with its
@@ -163,31 +156,31 @@ def apply_parallelism(
     by the first two steps.
 
     DDP returns a wrapper around a materialized model. FSDP2 shards in place, a materialized model or, better,
-    one on the meta device (see Trainer._build_model), which then never exists whole on any GPU.
+    one on the meta device (see train/engine.py build_engine), which then never exists whole on any GPU.
     Each transformer block is one FSDP unit and the root (embedding, final norm, head) another, so a tied
     embedding/head is one parameter in the root unit. The caller keeps the unwrapped model for checkpoints.
     """
-    if cfg.train.activation_checkpointing:
+    if train.activation_checkpointing:
         for block in model.layers:
             block.forward = _checkpointed(block.forward)
-    if cfg.train.compile:
+    if train.compile:
         for block in model.layers:
             block.compile()
-    mode = resolve_parallel(cfg.train.parallel, world)
-    if mode == "ddp":
+    device, world = plan.device, plan.world
+    if plan.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         # The only buffers are the RoPE tables, identical on every rank: nothing to broadcast each step.
         return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
-    if mode == "fsdp":
+    if plan.parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(device.type, (world.world_size,))
         # bf16: parameters are all-gathered and used in bf16, while the sharded master weights, their
         # gradients and the gradient reduce-scatter stay fp32. fp32: no casting at all.
-        if precision == "bf16":
+        if plan.precision == "bf16":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         else:
             mp = MixedPrecisionPolicy()
@@ -274,31 +267,14 @@ def _options(**kwargs):
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full weights on rank 0 as contiguous CPU tensors ({} on other ranks); collective under FSDP.
+    """The full weights to save on rank 0 as contiguous CPU tensors ({} on other ranks); collective under FSDP.
 
     `model` is the unwrapped model (sharded in place or not). A tied head is left out: it is the embedding.
     """
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     state = get_model_state_dict(model, options=_options(cpu_offload=True))
-    if getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
-        state.pop("output.weight", None)
-    return {k: v.detach().contiguous() for k, v in state.items()}
-
-
-def check_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """CheckpointError unless `state` has exactly the model's weight names and shapes (a tied head may be
-    absent). Cheap and local: call it on rank 0 before the collective load."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # global shapes, even for shards
-    if model.cfg.tie_embeddings:
-        expected.pop("output.weight", None)
-        state = {k: v for k, v in state.items() if k != "output.weight"}
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong = sorted(k for k in expected.keys() & state.keys() if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"{source} does not match the model: missing {missing}, unexpected {unexpected}, "
-                              f"wrong shape {wrong}")
+    return {k: v.detach().contiguous() for k, v in drop_tied_head(state, model.cfg).items()}
 
 
 def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -306,9 +282,7 @@ def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> N
     FSDP; collective when a process group exists. A tied head is restored from the embedding."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    state = dict(state)
-    if state and model.cfg.tie_embeddings:
-        state.setdefault("output.weight", state["tok_embeddings.weight"])
+    state = restore_tied_head(state, model.cfg)
     set_model_state_dict(model, state, options=_options(broadcast_from_rank0=dist.is_initialized()))
 
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train.checkpoint import find_checkpoint, load_training_state
+from model.checkpoint import find_checkpoint
+from train.checkpoint import load_training_state
 from train.trainer import train
 
 from .conftest import ROOT, losses, tiny_config, torchrun

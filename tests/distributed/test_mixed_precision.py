@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from train.checkpoint import find_checkpoint
+from model.checkpoint import find_checkpoint
 from train.parallel import close_world, init_world
 from train.trainer import Trainer, train
 
@@ -32,12 +32,12 @@ def test_fsdp_bf16_policy(tmp_path, tiny_data, device):
         assert dist.get_backend() == ("nccl" if device == "cuda" else "gloo")
         trainer = Trainer(cfg, world)
         seen = []
-        wq = trainer.raw_model.layers[0].attention.wq
+        wq = trainer.engine.raw_model.layers[0].attention.wq
         wq.register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype))
         trainer.fit()
         assert seen and set(seen) == {torch.bfloat16}  # all-gathered in bf16 for compute
         assert {p.dtype for p in trainer.raw_model.parameters()} == {torch.float32}  # sharded fp32 masters
-        assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizer.state.values())
+        assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.engine.optimizer.state.values())
     finally:
         close_world()
     weights = load_file(str(find_checkpoint(tmp_path / "fsdp") / "model.safetensors"))

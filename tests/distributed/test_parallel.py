@@ -8,12 +8,14 @@ import copy
 import pytest
 import torch
 
+from core.device import resolve_device
 from core.errors import ConfigError
 from model import Transformer
 from model.config import ModelConfig
 from train.config import Config
 from train.optim import build_optimizer
 from train.parallel import (
+    Plan,
     World,
     apply_parallelism,
     close_world,
@@ -22,7 +24,6 @@ from train.parallel import (
     init_world,
     load_full_model_state,
     load_full_optimizer_state,
-    pick_device,
     resolve_parallel,
     resolve_precision,
 )
@@ -51,10 +52,10 @@ def test_none_with_several_processes_fails_before_any_process_group(monkeypatch)
 
 def test_each_rank_takes_its_own_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device("cuda", TWO) == torch.device("cuda", 1)  # LOCAL_RANK 1
-    assert pick_device("cuda:1", ONE) == torch.device("cuda", 1)
-    with pytest.raises(ConfigError, match=r"would put all 2 processes on one GPU"):
-        pick_device("cuda:1", TWO)
+    assert resolve_device("cuda", "train.device", TWO.local_rank, TWO.world_size) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1", "train.device", ONE.local_rank, ONE.world_size) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"train\.device=cuda:1 would put all 2 processes on one GPU"):
+        resolve_device("cuda:1", "train.device", TWO.local_rank, TWO.world_size)
 
 
 def test_fp16_is_refused_under_fsdp():
@@ -100,7 +101,7 @@ def test_full_state_moves_between_plain_and_sharded_models_by_name():
     try:
         with torch.device("meta"):
             sharded = Transformer(cfg.model)
-        apply_parallelism(sharded, cfg, torch.device("cpu"), world, "fp32")
+        apply_parallelism(sharded, cfg.train, Plan(world, torch.device("cpu"), "fsdp", "fp32"))
         sharded.to_empty(device="cpu")
         sharded.rope.reset_parameters()
         load_full_model_state(sharded, weights)

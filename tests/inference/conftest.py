@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from model import ModelConfig, Transformer
+from model.checkpoint import save_model_checkpoint
 from tests.helpers import randomize
 from Tokenizer import Tokenizer, train_tokenizer
-from train.checkpoint import save_model_checkpoint
-from train.config import Config
 
 # ASCII only: every emoji / CJK character below is spelled with byte-fallback tokens.
 CORPUS = [
@@ -32,11 +31,11 @@ VOCAB = 340
 MAX_SEQ_LEN = 96
 
 
-def tiny_config(vocab_size: int = VOCAB, **overrides) -> Config:
+def tiny_config(vocab_size: int = VOCAB, **overrides) -> ModelConfig:
     """A 2-layer GQA model: milliseconds per step on a CPU."""
     fields = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab_size, multiple_of=16,
                   max_seq_len=MAX_SEQ_LEN)
-    return Config(model=ModelConfig(**{**fields, **overrides}))
+    return ModelConfig(**{**fields, **overrides})
 
 
 def memorize(model: Transformer, docs: list[list[int]], steps: int = 80) -> None:
@@ -83,9 +82,9 @@ def random_ckpt(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -
     """Checkpoint of a random model (untied head) with the test tokenizer."""
     torch.manual_seed(0)
     cfg = tiny_config()
-    model = Transformer(cfg.model)
+    model = Transformer(cfg)
     randomize(model, seed=1)
-    return save_model_checkpoint(tmp_path_factory.mktemp("random") / "ckpt", model, cfg, tokenizer_dir)
+    return save_model_checkpoint(tmp_path_factory.mktemp("random") / "ckpt", model, tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +92,6 @@ def memorized_ckpt(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
     """Checkpoint of a tied-embedding model that continues each of DOCS exactly and then emits EOS."""
     torch.manual_seed(0)
     cfg = tiny_config(tie_embeddings=True)
-    model = Transformer(cfg.model)
+    model = Transformer(cfg)
     memorize(model, [tokenizer.encode(d, eos=True) for d in DOCS])
-    return save_model_checkpoint(tmp_path_factory.mktemp("memorized") / "ckpt", model, cfg, tokenizer_dir)
+    return save_model_checkpoint(tmp_path_factory.mktemp("memorized") / "ckpt", model, tokenizer_dir)

@@ -11,9 +11,9 @@ import torch
 from core.errors import CheckpointError
 from inference import DecodeStep, GenerationError, Generator, PromptTruncatedWarning, SamplingParams
 from model import Transformer
+from model.checkpoint import save_model_checkpoint
 from tests.helpers import randomize
 from tests.inference.conftest import DOCS, MAX_SEQ_LEN, tiny_config
-from train.checkpoint import save_model_checkpoint
 
 PROMPTS = ["Hello", "The quick brown fox jumps over", "def add(a, b):\n    return", "a"]
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95)
@@ -153,14 +153,14 @@ def test_loads_the_latest_checkpoint_of_a_run_directory(tmp_path: Path, random_c
 
 def test_checkpoint_without_tokenizer(tmp_path: Path) -> None:
     cfg = tiny_config()
-    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(cfg.model), cfg)
+    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(cfg))
     with pytest.raises(CheckpointError, match="tokenizer"):
         Generator.from_checkpoint(ckpt, device="cpu")
 
 
 def test_model_rows_beyond_the_tokenizer_are_never_generated(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
     cfg = tiny_config(vocab_size=tokenizer.vocab_size + 60)
-    model = Transformer(cfg.model)
+    model = Transformer(cfg)
     randomize(model, seed=3)
     with torch.no_grad():
         model.output.weight[tokenizer.vocab_size:] *= 50  # make the unused rows the most likely

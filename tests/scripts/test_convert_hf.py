@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from core.errors import CheckpointError, DataError
 from model import ModelConfig, Transformer
+from model.checkpoint import load_model, save_model_checkpoint
 from scripts import convert_hf
 from scripts.convert_hf import (
     export_checkpoint,
@@ -29,8 +30,6 @@ from scripts.convert_hf import (
     unpermute_from_hf,
 )
 from tests.helpers import randomize
-from train.checkpoint import load_model, save_model_checkpoint
-from train.config import Config
 
 hf_logging.disable_progress_bar()
 
@@ -85,7 +84,7 @@ def our_logits(model: Transformer, toks: torch.Tensor) -> torch.Tensor:
 
 
 def save_ours(model: Transformer, directory: Path) -> Path:
-    return save_model_checkpoint(directory, model, Config(model=model.cfg))
+    return save_model_checkpoint(directory, model)
 
 
 # ---- RoPE layout ----------------------------------------------------------------------------------------------
@@ -106,7 +105,7 @@ def test_parity_fails_without_the_rope_permutation(tmp_path, monkeypatch):
     hf.save_pretrained(tmp_path / "hf")
     monkeypatch.setattr(convert_hf, "unpermute_from_hf", lambda w, n_heads: w)
     import_checkpoint(tmp_path / "hf", tmp_path / "ours")
-    ours, _, _ = load_model(tmp_path / "ours")
+    ours, _ = load_model(tmp_path / "ours")
     toks = tokens()
     assert (our_logits(ours, toks) - hf_logits(hf, toks)).abs().max() > 1e-2
 
@@ -119,8 +118,8 @@ def test_import_matches_transformers_logits(tmp_path, n_kv_heads, tied, theta):
     hf = tiny_hf(n_kv_heads, tied, theta)
     hf.save_pretrained(tmp_path / "hf")
     import_checkpoint(tmp_path / "hf", tmp_path / "ours")
-    ours, cfg, _ = load_model(tmp_path / "ours")
-    assert (cfg.model.kv_heads, cfg.model.tie_embeddings, cfg.model.rope_theta) == (n_kv_heads, tied, theta)
+    ours, _ = load_model(tmp_path / "ours")
+    assert (ours.cfg.kv_heads, ours.cfg.tie_embeddings, ours.cfg.rope_theta) == (n_kv_heads, tied, theta)
     toks = tokens()
     expected = hf_logits(hf, toks)
     assert expected.std() > 0.5  # logits far from zero, so the tolerance below is meaningful
@@ -153,7 +152,7 @@ def test_sharded_import_matches_transformers_logits(tmp_path):
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 1
     import_checkpoint(tmp_path / "hf", tmp_path / "ours")
-    ours, _, _ = load_model(tmp_path / "ours")
+    ours, _ = load_model(tmp_path / "ours")
     toks = tokens()
     assert (our_logits(ours, toks) - hf_logits(hf, toks)).abs().max() <= TOL
 
@@ -168,13 +167,13 @@ def test_round_trip_ours_hf_ours_is_identical(tmp_path, tied):
     before, after = load_file(str(tmp_path / "a/model.safetensors")), load_file(str(tmp_path / "b/model.safetensors"))
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
-    _, cfg_b, _ = load_model(tmp_path / "b")
+    model_b, _ = load_model(tmp_path / "b")
     derived = lambda c: (c.kv_heads, c.head_dim, c.hidden_dim)
     changed = {"n_kv_heads", "ffn_hidden_dim", "multiple_of"}  # written explicitly after import; derived equal
     for f in dataclasses.fields(ModelConfig):
         if f.name not in changed:
-            assert getattr(cfg_b.model, f.name) == getattr(ours.cfg, f.name), f.name
-    assert derived(cfg_b.model) == derived(ours.cfg)
+            assert getattr(model_b.cfg, f.name) == getattr(ours.cfg, f.name), f.name
+    assert derived(model_b.cfg) == derived(ours.cfg)
 
 
 def test_export_dtype_bfloat16(tmp_path):
@@ -251,7 +250,7 @@ def test_cli_import(tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     result = run_cli("import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours"))
     assert result.returncode == 0, result.stderr
-    ours, _, _ = load_model(tmp_path / "ours")
+    ours, _ = load_model(tmp_path / "ours")
     toks = tokens()
     assert (our_logits(ours, toks) - hf_logits(hf, toks)).abs().max() <= TOL
 
@@ -350,7 +349,7 @@ def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path, tokenizer_dir):
 
     ours_tok = Tokenizer.load(tokenizer_dir)
     model = tiny_ours(2, True, 10000.0, vocab_size=ours_tok.vocab_size)
-    save_model_checkpoint(tmp_path / "ckpt", model, Config(model=model.cfg), tokenizer_dir=tokenizer_dir)
+    save_model_checkpoint(tmp_path / "ckpt", model, tokenizer_dir=tokenizer_dir)
     export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
 
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from train.config import Config, apply_overrides, config_from_dict
+from core.configio import apply_overrides
+from train.config import Config, config_from_dict
 
 
 def make_corpus(directory: Path, n_docs: int = 240, seed: int = 0) -> Path:

@@ -10,20 +10,11 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from core.configio import apply_overrides, load_yaml_tree, parse_yaml
 from core.errors import ConfigError
+from data.config import DataConfig
 from model import ModelConfig
-from train.config import (
-    Config,
-    DataConfig,
-    LogConfig,
-    OptimConfig,
-    TrainConfig,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-    load_yaml_tree,
-    parse_yaml,
-)
+from train.config import Config, LogConfig, OptimConfig, TrainConfig, config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

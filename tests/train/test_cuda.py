@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from train.checkpoint import load_model, read_weights
+from model.checkpoint import load_model, read_weights
 from train.trainer import Trainer, train
 
 from .conftest import tiny_config
@@ -27,7 +27,7 @@ def test_gpu_training_learns_and_saves_clean_weights(tmp_path, tiny_data, precis
                       f"train.compile={str(compile).lower()}", "train.max_steps=40", "train.eval_interval=20",
                       "train.save_interval=20", "log.peak_tflops=100")
     trainer = Trainer(cfg)
-    assert trainer.optimizer.defaults["fused"]  # fused AdamW by default on CUDA
+    assert trainer.engine.optimizer.defaults["fused"]  # fused AdamW by default on CUDA
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r and not r.get("skipped")]
@@ -37,7 +37,7 @@ def test_gpu_training_learns_and_saves_clean_weights(tmp_path, tiny_data, precis
     assert len(losses) >= 35  # fp16 may skip a few steps while the scaler calibrates
     weights = read_weights(tmp_path / "run" / "checkpoints" / "step_0000040")
     assert not [k for k in weights if "_orig_mod" in k] and all(v.dtype == torch.float32 for v in weights.values())
-    model, _, _ = load_model(tmp_path / "run")  # loads on the CPU
+    model, _ = load_model(tmp_path / "run")  # loads on the CPU
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from core.errors import DataError
+from data.dataset import TokenDataset, check_compatible
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter
-from train.dataloader import DataLoader, TokenDataset, check_compatible
+from train.dataloader import DataLoader
 
 VOCAB = 1 << 20  # > 65,536, so the synthetic shards are uint32 and can hold positions
 

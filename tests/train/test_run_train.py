@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import run_train
-from train.checkpoint import load_model, load_training_state
+from model.checkpoint import load_model
+from train.checkpoint import load_training_state
 from train.trainer import train
 
 from .conftest import tiny_config, write_config
@@ -80,7 +81,7 @@ def test_sigterm_finishes_step_and_saves(tmp_path, tiny_data):
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
-    _, _, ckpt_dir = load_model(tmp_path / "run")
+    _, ckpt_dir = load_model(tmp_path / "run")
     saved_step = load_training_state(ckpt_dir)["step"]
     assert 3 <= last_logged <= saved_step < 100000
     assert ckpt_dir.name == f"step_{saved_step:07d}"
@@ -91,7 +92,8 @@ KILL_WHILE_SAVING = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, {root!r})
     import train.checkpoint as ckpt
-    from train.config import config_from_dict, load_yaml_tree
+    from core.configio import load_yaml_tree
+    from train.config import config_from_dict
     from train.trainer import train
 
     real_save = ckpt.torch.save
@@ -123,7 +125,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, tiny_data):
     assert (ckpts / "latest").read_text().strip() == "step_0000002"
     assert list(ckpts.glob(".tmp-step_0000004-*"))  # the half-written one never got its final name
     assert not (ckpts / "step_0000004").exists()
-    model, _, _ = load_model(tmp_path / "run")
+    model, _ = load_model(tmp_path / "run")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # Resuming continues from step 2 and cleans up the debris.
     result = train(tiny_config(tmp_path / "run", tiny_data, "train.max_steps=6", "train.save_interval=2",

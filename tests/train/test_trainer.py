@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ import torch
 
 from core.errors import CheckpointError, ConfigError, DataError
 from model import Transformer
+from model.checkpoint import find_checkpoint, load_model
 from train import trainer as trainer_mod
-from train.checkpoint import find_checkpoint, load_model, load_training_state
-from train.parallel import World
-from train.trainer import StepRunner, Trainer, TrainingStopped, train
+from train.checkpoint import load_run_config, load_training_state
+from train.engine import Engine
+from train.parallel import Plan, World
+from train.trainer import Trainer, TrainingStopped, train
 
 from .conftest import tiny_config
 
@@ -46,20 +49,20 @@ def test_tiny_run_learns(tmp_path, tiny_data):
     assert "mfu" not in train_records[0]  # CPU: no MFU rather than a wrong one
     # The run directory holds the resolved config and a loadable final checkpoint with the tokenizer.
     assert (tmp_path / "run" / "config.yaml").is_file()
-    _model, saved_cfg, ckpt_dir = load_model(tmp_path / "run")
-    assert ckpt_dir.name == "step_0000080" and saved_cfg.model == cfg.model
+    model, ckpt_dir = load_model(tmp_path / "run")
+    assert ckpt_dir.name == "step_0000080" and model.cfg == cfg.model and load_run_config(ckpt_dir) == cfg
     assert (ckpt_dir / "tokenizer" / "tokenizer.model").is_file()
 
 
-def _model_and_runner(cfg, seed=0):
-    """A model and its step runner with plain SGD, whose update is -lr * grad: comparing updates compares the
+def _model_and_engine(cfg, seed=0):
+    """A model and its engine with plain SGD, whose update is -lr * grad: comparing updates compares the
     accumulated gradients. (AdamW's first update is about lr * sign(grad), which turns float-rounding noise in
     near-zero gradients into lr-sized differences.)"""
     torch.manual_seed(seed)
     model = Transformer(cfg.model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return model, StepRunner(model, opt, scaler, torch.device("cpu"), "fp32", "fp32", cfg.optim.grad_clip, World())
+    plan = Plan(World(), torch.device("cpu"), "none", "fp32")
+    return model, Engine(model, model, opt, plan, cfg.optim.grad_clip)
 
 
 def test_accumulation_matches_one_big_batch(tmp_path, tiny_data):
@@ -67,11 +70,11 @@ def test_accumulation_matches_one_big_batch(tmp_path, tiny_data):
     torch.manual_seed(1)
     tokens = torch.randint(0, cfg.model.vocab_size, (8, 33))
     x, y = tokens[:, :-1], tokens[:, 1:]
-    big_model, big = _model_and_runner(cfg)
-    small_model, small = _model_and_runner(cfg)
+    big_model, big = _model_and_engine(cfg)
+    small_model, small = _model_and_engine(cfg)
     for _ in range(3):
-        loss_big, norm_big, _ = big([(x, y)])
-        loss_small, norm_small, _ = small([(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)])
+        loss_big, norm_big, _ = astuple(big.train_step([(x, y)]))
+        loss_small, norm_small, _ = astuple(small.train_step([(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)]))
         assert loss_small == pytest.approx(loss_big, abs=1e-5)
         assert norm_small == pytest.approx(norm_big, rel=1e-5)
     for (name, a), b in zip(big_model.named_parameters(), small_model.parameters(), strict=True):
@@ -108,8 +111,8 @@ def test_exact_resume(tmp_path, tiny_data):
     got = deterministic(read_metrics(tmp_path / "split"))
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     assert got == expected  # equality, not tolerance
-    weights_a, _, _ = load_model(tmp_path / "whole")
-    weights_b, _, _ = load_model(tmp_path / "split")
+    weights_a, _ = load_model(tmp_path / "whole")
+    weights_b, _ = load_model(tmp_path / "split")
     for a, b in zip(weights_a.state_dict().values(), weights_b.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -172,7 +175,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, tiny_data, monkeypatch
     assert skipped == [3, 6, 7, 8]
     assert [r["step"] for r in records if "loss" in r and not r.get("skipped")] == [1, 2, 4, 5]
     # The last good checkpoint holds finite weights equal to those after step 5 (skips changed nothing).
-    model, _, ckpt_dir = load_model(tmp_path / "run")
+    model, ckpt_dir = load_model(tmp_path / "run")
     assert ckpt_dir.name == "step_0000008"
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert load_training_state(ckpt_dir)["skipped_steps"] == 4
@@ -212,10 +215,10 @@ def test_init_from_loads_weights_with_a_fresh_optimizer(tmp_path, tiny_data):
                       f"train.init_from={tmp_path / 'a'}", "model.ffn_hidden_dim=192", "model.max_seq_len=128")
     assert cfg.model.hidden_dim == tiny_config(tmp_path, tiny_data).model.hidden_dim
     trainer = Trainer(cfg)
-    assert trainer.step == 0 and not trainer.optimizer.state
-    saved, _, _ = load_model(tmp_path / "a")
+    assert trainer.step == 0 and not trainer.engine.optimizer.state
+    saved, _ = load_model(tmp_path / "a")
     for name, p in saved.state_dict().items():
-        assert torch.equal(trainer.raw_model.state_dict()[name], p), name
+        assert torch.equal(trainer.engine.raw_model.state_dict()[name], p), name
     trainer.fit()
     first = next(r for r in read_metrics(tmp_path / "b") if "loss" in r)
     fresh = next(r for r in read_metrics(tmp_path / "a") if "loss" in r)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import DataError
-from data.sources import SourceStats, iter_documents, parse_hf_spec, resolve_sources, stdlib_files
+from core.sources import SourceStats, iter_documents, parse_hf_spec, resolve_sources, stdlib_files
 
 
 def docs_of(specs, **kw) -> list[str]:

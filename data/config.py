@@ -1,0 +1,33 @@
+"""The `data:` section of a run config: where the training text comes from and where its tokenized form lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from and where its tokenized form lives."""
+
+    # files, directories, globs, hf:NAME[:CONFIG][@SPLIT], or builtin:python-stdlib
+    sources: list[str] = field(default_factory=lambda: ["builtin:python-stdlib"])
+    dataset_dir: str | None = None  # prepared shards + manifest.json; None: out/datasets/<config name>
+    # SentencePiece model directory; None: <dataset_dir>/tokenizer, trained with model.vocab_size when missing
+    tokenizer_dir: str | None = None
+    text_field: str = "text"  # field holding the text in .jsonl / .parquet sources
+    val_fraction: float = 0.005  # fraction of documents held out for validation (chosen per document, deterministic)
+    workers: int = 0  # tokenization processes; 0 means all cores
+    tokenizer_sample_mb: int = 64  # MB of text sampled to train the tokenizer (bounds its memory)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first data.* key that is out of range."""
+        if not self.sources:
+            raise ConfigError("data.sources must name at least one source")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        if self.tokenizer_sample_mb <= 0:
+            raise ConfigError(f"data.tokenizer_sample_mb must be positive, got {self.tokenizer_sample_mb}")
