@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.errors import UserError
+
 
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
@@ -48,8 +50,41 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace a small text file atomically (write a temp file, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a signal: the old file stays, and no temporary file
+        raise
+
+
+OUTPUT_MARK = ".written-by"  # in a directory a tool wrote: the tool's name, so --overwrite can tell it is its own
+
+
+def check_output_dir(out: str | Path, inputs: list[str | Path], tool: str, overwrite: bool,
+                     flag: str = "--out") -> None:
+    """UserError unless `tool` may write the directory `out`: never into or over one of its `inputs` (nor around
+    one), and over an existing non-empty directory only with `overwrite` and only when `tool` wrote it."""
+    out = Path(out)
+    target = out.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise UserError(f"{flag} {out} overlaps the input {given}: write the output outside it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{flag} {out} already exists and is not empty (pass --overwrite to replace it)")
+        mark = out / OUTPUT_MARK
+        if not mark.is_file() or mark.read_text(errors="replace").strip() != tool:
+            raise UserError(f"--overwrite only replaces a directory that {tool} wrote, and {out} is not one (no "
+                            f"{OUTPUT_MARK} naming it): remove it yourself or choose another {flag}")
+
+
+def mark_output_dir(directory: str | Path, tool: str) -> None:
+    """Record that `tool` wrote `directory` (see check_output_dir)."""
+    (Path(directory) / OUTPUT_MARK).write_text(tool + "\n")

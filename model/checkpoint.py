@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from core.atomic import atomic_directory
+from core.atomic import atomic_directory, mark_output_dir
 from core.configio import build, load_yaml_tree
 from core.errors import CheckpointError, ConfigError
 from model.config import ModelConfig
@@ -199,11 +199,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     return model.to(dtype=dtype).eval(), ckpt_dir
 
 
-def save_model_checkpoint(directory: str | Path, model: torch.nn.Module,
-                          tokenizer_dir: str | Path | None = None) -> Path:
-    """Write a weights checkpoint (weights + model config, and the tokenizer when given) atomically."""
+def save_model_checkpoint(directory: str | Path, model: torch.nn.Module, tokenizer_dir: str | Path | None = None,
+                          written_by: str | None = None) -> Path:
+    """Write a weights checkpoint (weights + model config, and the tokenizer when given) atomically; `written_by`
+    names the tool, so that its --overwrite may later replace it (core.atomic.check_output_dir)."""
     with atomic_directory(directory) as tmp:
         save_weights(tmp, model_state_dict(model), getattr(model, "_orig_mod", model).cfg)
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
+        if written_by is not None:
+            mark_output_dir(tmp, written_by)
     return Path(directory)

@@ -35,13 +35,14 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from core import cli  # noqa: E402
-from core.atomic import atomic_directory  # noqa: E402
-from core.errors import CheckpointError, UserError  # noqa: E402
+from core.atomic import atomic_directory, check_output_dir, mark_output_dir  # noqa: E402
+from core.errors import CheckpointError  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 from model.checkpoint import TOKENIZER, load_model, model_state_dict, save_model_checkpoint  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HF_WEIGHTS = "model.safetensors"
+EXPORT_TOOL, IMPORT_TOOL = "convert_hf export", "convert_hf import"  # what --overwrite may replace
 HF_INDEX = "model.safetensors.index.json"
 
 # Our per-layer names -> Hugging Face per-layer names (both under their layer prefix).
@@ -291,14 +292,6 @@ def special_token_ids(hf_dir: Path) -> dict[str, int]:
     return found
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty directory unless asked to."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output {out} already exists and is not empty (pass --overwrite to replace it)")
-
-
 # ---- the two directions ---------------------------------------------------------------------------------------
 
 
@@ -306,7 +299,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "flo
                       overwrite: bool = False) -> Path:
     """Write a Hugging Face Llama directory for a checkpoint (or a run directory's latest checkpoint)."""
     out = Path(out)
-    _check_out(out, overwrite)
+    check_output_dir(out, [checkpoint], EXPORT_TOOL, overwrite)
     model, ckpt_dir = load_model(checkpoint, dtype=DTYPES[dtype])
     hf_state = to_hf_state_dict(model_state_dict(model), model.cfg)
     with atomic_directory(out) as tmp:
@@ -320,6 +313,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "flo
         if special_ids:  # generate() then knows where to start and stop
             (tmp / "generation_config.json").write_text(json.dumps(special_ids, indent=2) + "\n")
         save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
+        mark_output_dir(tmp, EXPORT_TOOL)
     return out
 
 
@@ -338,7 +332,7 @@ def import_checkpoint(
         raise CheckpointError(f"Hugging Face directory does not exist: {hf_dir}")
     if not (hf_dir / "config.json").is_file():
         raise CheckpointError(f"{hf_dir} has no config.json")
-    _check_out(out, overwrite)
+    check_output_dir(out, [hf_dir] + ([tokenizer_dir] if tokenizer_dir else []), IMPORT_TOOL, overwrite)
     model_cfg = model_config_from_hf(_read_json(hf_dir / "config.json"))
     state = from_hf_state_dict(read_hf_weights(hf_dir), model_cfg)
     state = {name: w.to(DTYPES[dtype]) for name, w in state.items()}
@@ -350,7 +344,7 @@ def import_checkpoint(
     model.load_state_dict(state, strict=True, assign=True)
     if model_cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight  # assign replaced the shared parameter; tie again
-    return save_model_checkpoint(out, model, tokenizer_dir)
+    return save_model_checkpoint(out, model, tokenizer_dir, written_by=IMPORT_TOOL)
 
 
 # ---- command line ---------------------------------------------------------------------------------------------

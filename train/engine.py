@@ -86,7 +86,7 @@ class Engine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def train_step(self, micro_batches: Sequence[Any], loss_fn: LossFn = next_token_loss,
+    def train_step(self, micro_batches: Sequence[Any], loss_fn: LossFn | None = None,
                    weights: Sequence[float] | None = None) -> StepResult:
         """Forward/backward over the micro batches, gradient clipping, and the optimizer update.
 
@@ -94,8 +94,9 @@ class Engine:
         1 / len(micro_batches): the mean over every token of the global batch when micro batches hold equal
         numbers of targets. An objective whose micro batches hold unequal numbers of targets passes
         weights[i] = targets_i / targets of this rank's whole step, scaled as its global mean requires.
-        A non-finite loss or gradient norm skips the update.
+        A non-finite loss or gradient norm skips the update. `loss_fn` defaults to next_token_loss.
         """
+        loss_fn = loss_fn or next_token_loss
         self.model.train()
         n = len(micro_batches)
         loss_sum = torch.zeros((), device=self.device)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from core.atomic import write_text_atomic
 from train.config import Config
 
 log = logging.getLogger("mini_llm")
@@ -87,13 +88,21 @@ class MetricsLogger:
             )
 
     def _truncate_after(self, step: int) -> None:
-        """Keep only records up to `step`, so a resumed run never logs a step twice."""
+        """Keep only records up to `step`, so a resumed run never logs a step twice. A line that is not a complete
+        record (the torn last line of a run killed mid-write, or on a full disk) is dropped with a warning;
+        every complete record is kept."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        kept, torn = [], 0
+        for line in self.path.read_text(errors="replace").splitlines():
+            record = _parse(line)
+            if record is None:
+                torn += bool(line.strip())
+            elif record["step"] <= step:
+                kept.append(line)
+        if torn:
+            log.warning("%s: dropped %d incomplete line(s) (a run stopped while writing them)", self.path, torn)
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -119,6 +128,15 @@ class MetricsLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _parse(line: str) -> dict | None:
+    """A metrics record, or None for a line that is not one (torn, empty or foreign)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def _wandb_id(out_dir: Path) -> str:

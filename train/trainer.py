@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -20,9 +21,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.errors import CheckpointError, ConfigError
+from core.errors import ConfigError
+from core.lock import LOCK_FILE, DirectoryLock
 from data.setup import open_training_data, prepare_training_data
-from model.checkpoint import LATEST, RUN_CONFIG, find_checkpoint
+from model.checkpoint import find_checkpoint
 from train import checkpoint as ckpt
 from train.config import Config
 from train.dataloader import DataLoader
@@ -82,12 +84,26 @@ class Trainer:
         self.accum = cfg.grad_accum_steps(self.world.world_size)
         self.out_dir = Path(t.out_dir)
 
+        # Rank 0 holds the run directory for the whole run: a second job on it stops here, naming this one.
+        self.lock = DirectoryLock(self.out_dir, "train.out_dir") if self.world.is_main else None
+        created = not self.out_dir.exists()
+        on_main(self.world, lambda: self.lock.acquire())
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.close()
+            if created and self.world.is_main and [p.name for p in self.out_dir.iterdir()] == [LOCK_FILE]:
+                shutil.rmtree(self.out_dir)  # a run that failed to start leaves nothing behind
+            raise
+
+    def _setup(self, cfg: Config) -> None:
+        t = cfg.train
         # Rank 0 decides (it alone may see the checkpoints, e.g. on another node's disk) and tells the others.
-        resume_from = broadcast_object(self.world, on_main(self.world, self._resume_source))
+        resume_from, saved_state = on_main(self.world, self._resume_source) or (None, None)
+        resume_from = broadcast_object(self.world, resume_from)
         init_from = None
         if resume_from is None and t.init_from:
             init_from = broadcast_object(self.world, on_main(self.world, lambda: find_checkpoint(t.init_from)))
-        saved_state = on_main(self.world, lambda: _read_trainer_state(resume_from)) if resume_from else None
 
         on_main(self.world, lambda: prepare_training_data(cfg.data, cfg.model.vocab_size, cfg.log.progress,
                                                           self._info))  # the other ranks wait for it
@@ -123,28 +139,38 @@ class Trainer:
 
     # ---- setup --------------------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Release the run directory (idempotent; fit() does it when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def _info(self, msg: str) -> None:
         if self.world.is_main:
             tqdm.write(msg)
 
-    def _resume_source(self) -> Path | None:
-        """The checkpoint to resume from, following train.resume (auto / never / a path)."""
+    def _resume_source(self) -> tuple[Path | None, dict | None]:
+        """The checkpoint to resume from and its trainer state, following train.resume (auto / never / a path).
+
+        auto takes the newest checkpoint of out_dir that loads completely, and says which newer ones it skipped
+        and why; an explicit path must load, or it is one error."""
         mode = self.cfg.train.resume
         if mode == "never":
-            if self.out_dir.exists() and any(self.out_dir.iterdir()):
+            if any(p.name != LOCK_FILE for p in self.out_dir.iterdir()):
                 raise ConfigError(
                     f"train.out_dir {self.out_dir} is not empty and train.resume=never: "
                     "choose another out_dir, remove it, or use train.resume=auto"
                 )
-            return None
+            return None, None
         if mode == "auto":
-            latest = self.out_dir / "checkpoints" / LATEST
-            source = find_checkpoint(self.out_dir) if latest.is_file() else None
-        else:
-            source = find_checkpoint(mode)
-        if source is not None and (source / RUN_CONFIG).is_file():
-            ckpt.load_run_config(source)  # training options this version no longer reads: say which, and why
-        return source
+            found = ckpt.newest_loadable(self.out_dir / "checkpoints")
+            if found is None:
+                return None, None
+            source, state, skipped = found
+            for path, reason in skipped:
+                self._info(f"warning: skipped checkpoint {path}: {reason}")
+            return source, state
+        source = find_checkpoint(mode)
+        return source, ckpt.load_resumable(source)
 
     def _describe_model(self) -> None:
         model, plan = self.engine.raw_model, self.plan
@@ -200,15 +226,21 @@ class Trainer:
         return int(state.get("world_size", 1))
 
     def save_checkpoint(self) -> Path | None:
-        """Write checkpoints/step_NNNNNNN (rank 0); every rank takes part in gathering the state and waits."""
+        """Write checkpoints/step_NNNNNNN (rank 0); every rank takes part in gathering the state and waits.
+
+        State with NaN or inf is never written (the newest checkpoint stays the last good one): training stops."""
         engine_state = self.engine.state_dict()
         state = self.state_dict(engine_state)
-        weights = engine_state["model"]
-        path = None
-        if self.world.is_main:
+
+        def write() -> Path:
             val = self.last_val_loss[1] if self.last_val_loss and self.last_val_loss[0] == self.step else None
-            path = ckpt.save_training_checkpoint(self.out_dir, self.step, weights, self.cfg.model, self.cfg, state,
-                                                 self.tokenizer_dir, val, self.cfg.train.keep_last)
+            return ckpt.save_training_checkpoint(self.out_dir, self.step, engine_state["model"], self.cfg.model,
+                                                 self.cfg, state, self.tokenizer_dir, val, self.cfg.train.keep_last)
+
+        try:
+            path = on_main(self.world, write)  # a failure on rank 0 stops every rank with its message
+        except ckpt.NonFiniteState as e:
+            raise TrainingStopped(f"{e}. Lower optim.lr or check the data.") from None
         if dist.is_initialized() and self.world.distributed:
             dist.barrier()
         return path
@@ -310,6 +342,7 @@ class Trainer:
             self.metrics.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
+            self.close()
         final = self.last_val_loss[1] if self.last_val_loss and self.last_val_loss[0] == self.step else None
         return TrainResult(self.step, self.tokens_seen, final, last_ckpt, self.stop_signal)
 
@@ -358,17 +391,6 @@ class Trainer:
         if text:
             self._info(f"sample: {json.dumps(self.cfg.train.sample_prompt + text)}")
             self.metrics.log_text("sample", self.cfg.train.sample_prompt + text, self.step)
-
-
-@torch.no_grad()
-def _read_trainer_state(ckpt_dir: Path) -> dict:
-    """trainer_state.pt, checked to hold a name-keyed optimizer state (rank 0)."""
-    state = ckpt.load_training_state(ckpt_dir)
-    optim_state = state.get("optimizer")
-    if optim_state is not None and any(not isinstance(k, str) for k in optim_state.get("state", {})):
-        raise CheckpointError(f"{ckpt_dir / ckpt.STATE} keys the optimizer state by position, not by parameter "
-                              "name (an older format): it cannot be resumed")
-    return state
 
 
 def _json_num(x: float) -> float | str:

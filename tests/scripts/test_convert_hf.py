@@ -314,15 +314,30 @@ def test_export_bad_input_exits_2(tmp_path, capsys):
     assert err.startswith("error: checkpoint path does not exist") and err.count("\n") == 1
 
 
-def test_existing_output_needs_overwrite(tmp_path, capsys):
+def test_overwrite_replaces_only_its_own_output(tmp_path, capsys):
     save_ours(tiny_ours(2, False, 10000.0), tmp_path / "ckpt")
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf/keep.txt").write_text("x")
     argv = ["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]
+    assert main(argv) == 0
+    assert main(argv) == 2  # exists: needs --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0  # an export replaces an export
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/keep.txt").write_text("x")
+    assert main([*argv[:-1], str(tmp_path / "other"), "--overwrite"]) == 2  # not something export wrote
+    assert "only replaces a directory that convert_hf export wrote" in capsys.readouterr().err
+    assert (tmp_path / "other/keep.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("out", ["ckpt", "ckpt/hf", "."])
+def test_never_writes_into_or_over_its_input(tmp_path, capsys, out):
+    """`export --checkpoint RUN --out RUN --overwrite` once deleted the run it read."""
+    save_ours(tiny_ours(2, False, 10000.0), tmp_path / "ckpt")
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    argv = ["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / out), "--overwrite"]
     assert main(argv) == 2
-    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "hf/keep.txt").exists()
-    assert main([*argv, "--overwrite"]) == 0
-    assert (tmp_path / "hf/config.json").is_file() and not (tmp_path / "hf/keep.txt").exists()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / out} overlaps the input") and err.count("\n") == 1
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from .conftest import tiny_config
 @pytest.fixture
 def old_run(tmp_path, tiny_data):
     """A trained run whose checkpoint is rewritten as format 1 with a training option this version lacks."""
-    cfg = tiny_config(tmp_path / "run", tiny_data, "train.max_steps=2", "train.save_interval=2",
-                      "train.eval_interval=2", "train.sample_tokens=0")
+    cfg = tiny_config(tmp_path / "run", tiny_data, "train.max_steps=3", "train.save_interval=3",
+                      "train.eval_interval=3", "train.sample_tokens=0")
     train(cfg)
     ckpt = find_checkpoint(tmp_path / "run")
     saved = yaml.safe_load((ckpt / RUN_CONFIG).read_text())
@@ -42,7 +42,7 @@ def test_old_checkpoint_still_generates_and_exports(tmp_path, old_run):
 
 def test_resuming_it_names_the_unknown_key_and_the_way_out(old_run):
     cfg, ckpt = old_run
-    cfg.train.max_steps = 4
+    cfg.train.max_steps = 6
     with pytest.raises(CheckpointError) as info:
         train(cfg)
     message = str(info.value)

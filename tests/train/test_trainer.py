@@ -14,7 +14,7 @@ import torch
 from core.errors import CheckpointError, ConfigError, DataError
 from model import Transformer
 from model.checkpoint import find_checkpoint, load_model
-from train import trainer as trainer_mod
+from train import engine as engine_mod
 from train.checkpoint import load_run_config, load_training_state
 from train.engine import Engine
 from train.parallel import Plan, World
@@ -158,14 +158,14 @@ def test_resume_from_explicit_path_and_model_mismatch(tmp_path, tiny_data):
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, tiny_data, monkeypatch):
     calls = {"n": 0}
-    real = trainer_mod.compute_loss
+    real = engine_mod.next_token_loss
 
-    def flaky(logits, targets):  # NaN on step 3, then on every step from 6 on
+    def flaky(model, batch):  # NaN on step 3, then on every step from 6 on
         calls["n"] += 1
-        loss = real(logits, targets)
+        loss = real(model, batch)
         return loss * float("nan") if calls["n"] == 3 or calls["n"] >= 6 else loss
 
-    monkeypatch.setattr(trainer_mod, "compute_loss", flaky)
+    monkeypatch.setattr(engine_mod, "next_token_loss", flaky)
     cfg = tiny_config(tmp_path / "run", tiny_data, "train.max_steps=50", "train.max_bad_steps=3",
                       "train.sample_tokens=0")
     with pytest.raises(TrainingStopped, match="3 non-finite steps in a row"):
