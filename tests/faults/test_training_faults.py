@@ -101,7 +101,7 @@ def _random(path: Path) -> None:
 
 
 def _malicious(path: Path) -> None:
-    path.write_bytes(pickle.dumps({"step": 4, "payload": _Exploit()}))
+    path.write_bytes(pickle.dumps({"step": 4, "payload": _Exploit()}, protocol=2))
 
 
 @pytest.mark.parametrize("corrupt", [_truncate, _random, _malicious], ids=["truncated", "random", "malicious"])
