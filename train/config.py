@@ -37,6 +37,9 @@ class TrainConfig:
     seq_len: int = 256  # tokens per training sequence (<= model.max_seq_len)
     max_steps: int = 1000  # optimizer steps; the LR schedule spans them
     stop_at_step: int | None = None  # save and exit after this step (split a long run into shorter jobs)
+    # wall-clock budget in seconds (evaluation and saving included), beside max_steps: training stops, evaluates
+    # and saves when either is reached, and the LR schedule runs over whichever ends first (see Trainer.lr)
+    max_time: float | None = None
     eval_interval: int = 200  # evaluate every N steps (and at the end)
     eval_batches: int = 20  # validation batches (of batch_size sequences) per evaluation
     save_interval: int = 500  # checkpoint every N steps (and at the end)
@@ -60,6 +63,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.stop_at_step is not None and self.stop_at_step <= 0:
             raise ConfigError(f"train.stop_at_step must be positive, got {self.stop_at_step}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ConfigError(f"train.max_time must be a positive number of seconds, got {self.max_time}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ConfigError(f"train.seed must be in [0, 2**63), got {self.seed}")
         if self.sample_tokens < 0:

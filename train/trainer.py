@@ -124,6 +124,8 @@ class Trainer:
         self.last_val_loss: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
         self.bad_steps = 0
         self.skipped_steps = 0
+        self.train_seconds = 0.0  # wall-clock time inside fit() over the whole run, resumes included
+        self._now = time.monotonic  # the clock train.max_time is measured with
         self.stop_signal: int | None = None
         if resume_from is not None:
             saved_world = self.load_state_dict(saved_state)
@@ -193,6 +195,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
             "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds,
             "optimizer": engine_state["optimizer"],
             "scaler": engine_state["scaler"],
             # The schedule is a pure function of the step and the config; saved for completeness.
@@ -218,6 +221,7 @@ class Trainer:
         self.tokens_seen = state["tokens_seen"]
         self.best_val_loss = state["best_val_loss"]
         self.skipped_steps = state["skipped_steps"]
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # absent in checkpoints before max_time
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -287,8 +291,20 @@ class Trainer:
         return self.step % t.eval_interval == 0 or self.step == t.max_steps or saving
 
     def should_halt(self) -> bool:
-        """A signal on any rank, or train.stop_at_step: save and exit at this step (on every rank)."""
-        return self._stop_requested() or self.step == self.cfg.train.stop_at_step
+        """A signal on any rank, train.stop_at_step or train.max_time: save and exit at this step (every rank)."""
+        return self._stop_requested() or self.step == self.cfg.train.stop_at_step or self.time_up()
+
+    def time_up(self) -> bool:
+        return self.cfg.train.max_time is not None and self.train_seconds >= self.cfg.train.max_time
+
+    def lr(self) -> float:
+        """The learning rate of the next step. With train.max_time the schedule runs over whichever budget ends
+        first: past warmup, its position is max(step, train_seconds / max_time * max_steps), so a time-limited run
+        still decays to min_lr as its time runs out."""
+        t, step = self.cfg.train, float(self.step)
+        if t.max_time is not None and self.step >= self.cfg.optim.warmup_steps:
+            step = max(step, min(1.0, self.train_seconds / t.max_time) * (t.max_steps - 1))
+        return lr_at(step, self.cfg.optim, t.max_steps)
 
     # ---- the loop -------------------------------------------------------------------------------------------
 
@@ -306,15 +322,17 @@ class Trainer:
                    disable=not (self.world.is_main and self.cfg.log.progress))
         last_ckpt: Path | None = None
         speed = Throughput()
+        origin = self._now() - self.train_seconds
         try:
-            while self.step < t.max_steps:
-                lr = lr_at(self.step, self.cfg.optim, t.max_steps)
+            while self.step < t.max_steps and not self.time_up():
+                lr = self.lr()
                 self.engine.set_lr(lr)
                 result = self.engine.train_step([self.loader.next_batch() for _ in range(self.accum)])
                 self.step += 1
                 self.tokens_seen += tokens_per_step
                 speed.add(tokens_per_step)
                 bar.update(1)
+                self.train_seconds = self._now() - origin
 
                 if not result.applied:
                     self._skipped(result)
@@ -335,7 +353,10 @@ class Trainer:
                 if evaluating or saving:
                     speed.reset()  # evaluation and saving are not training throughput
                 if halting and self.step < t.max_steps:
-                    self._info(f"stopped at step {self.step}; run the same command again to resume")
+                    if self.time_up():
+                        self._info(f"train.max_time ({t.max_time:g} s) reached at step {self.step}")
+                    else:
+                        self._info(f"stopped at step {self.step}; run the same command again to resume")
                     break
         finally:
             bar.close()
@@ -370,11 +391,14 @@ class Trainer:
         self.metrics.log(record)
 
     def _stop_requested(self) -> bool:
-        """True when this rank or any other got SIGINT/SIGTERM: all ranks must stop (and save) at one step."""
+        """True when this rank or any other got SIGINT/SIGTERM: all ranks must stop (and save) at one step. The
+        ranks also agree on the elapsed time (the longest), so train.max_time stops them all at the same step."""
         if self.world.distributed:
-            signum = torch.tensor(self.stop_signal or 0, device=self.plan.device)
-            dist.all_reduce(signum, op=dist.ReduceOp.MAX)
-            self.stop_signal = int(signum.item()) or None
+            agreed = torch.tensor([float(self.stop_signal or 0), self.train_seconds], dtype=torch.float64,
+                                  device=self.plan.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            self.stop_signal = int(agreed[0].item()) or None
+            self.train_seconds = float(agreed[1].item())
         return self.stop_signal is not None
 
     def _run_eval(self) -> None:

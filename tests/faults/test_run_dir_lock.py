@@ -119,7 +119,7 @@ def test_read_only_out_dir_is_one_clear_error(tmp_path, tiny_data):
     try:
         with pytest.raises(ConfigError, match=rf"train\.out_dir {run} cannot be written: (Read-only file system|"
                                               r"Permission denied)"):
-            train(tiny_config(run, tiny_data, "train.max_steps=2"))
+            train(tiny_config(run, tiny_data, "train.max_steps=3"))
         assert list(run.iterdir()) == []
     finally:
         if mounted:

@@ -17,6 +17,7 @@ from model.checkpoint import find_checkpoint, load_model
 from train import engine as engine_mod
 from train.checkpoint import load_run_config, load_training_state
 from train.engine import Engine
+from train.optim import lr_at
 from train.parallel import Plan, World
 from train.trainer import Trainer, TrainingStopped, train
 
@@ -223,3 +224,24 @@ def test_init_from_loads_weights_with_a_fresh_optimizer(tmp_path, tiny_data):
     first = next(r for r in read_metrics(tmp_path / "b") if "loss" in r)
     fresh = next(r for r in read_metrics(tmp_path / "a") if "loss" in r)
     assert first["step"] == 1 and first["loss"] < fresh["loss"] - 0.5
+
+
+def test_max_time_stops_saves_and_runs_the_schedule_over_the_time_budget(tmp_path, tiny_data):
+    """A fake clock advancing 1 s per step: a 10 s budget stops at step 10 of 1000, evaluates and saves there, and
+    the LR has decayed as if 90% of the run were done; rerunning the command finds the budget spent."""
+    cfg = tiny_config(tmp_path / "run", tiny_data, "train.max_steps=1000", "train.max_time=10",
+                      "train.eval_interval=500", "train.save_interval=500", "train.sample_tokens=0")
+    trainer = Trainer(cfg)
+    ticks = iter(range(10**6))
+    trainer._now = lambda: float(next(ticks))
+    result = trainer.fit()
+    assert result.step == 10 and result.checkpoint.name == "step_0000010" and result.final_val_loss is not None
+    records = [r for r in read_metrics(tmp_path / "run") if "lr" in r]
+    assert [r["step"] for r in records] == list(range(1, 11))
+    # Step 10 ran with 9 of 10 seconds spent: the schedule stood at 0.9 * 999 steps of the cosine.
+    assert records[-1]["lr"] == pytest.approx(lr_at(0.9 * 999, cfg.optim, 1000))
+    assert records[-1]["lr"] < cfg.optim.min_lr + 0.05 * (cfg.optim.lr - cfg.optim.min_lr)  # near the floor
+    assert load_training_state(result.checkpoint)["train_seconds"] == 10.0
+    again = train(tiny_config(tmp_path / "run", tiny_data, "train.max_steps=1000", "train.max_time=10",
+                              "train.eval_interval=500", "train.save_interval=500", "train.sample_tokens=0"))
+    assert again.step == 10
