@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,30 +18,33 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from lm_eval import simple_evaluate  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
+import numpy as np
+import torch
+import yaml
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
 
-from core.errors import CheckpointError  # noqa: E402
-from inference import Generator  # noqa: E402
-from inference.harness import HarnessError, MiniLLM, evaluate_tasks, flatten_results  # noqa: E402
-from scripts import evaluate as evaluate_script  # noqa: E402
-from scripts.convert_hf import export_checkpoint  # noqa: E402
-from tests.inference.conftest import CORPUS, DOCS, MAX_SEQ_LEN  # noqa: E402
+from core.errors import CheckpointError
+from inference import Generator
+from inference.harness import HarnessError, MiniLLM, evaluate_tasks, flatten_results
+from scripts import evaluate as evaluate_script
+from scripts.convert_hf import export_checkpoint
+from tests.inference.conftest import CORPUS, DOCS, MAX_SEQ_LEN
 
 TOL = 1e-4
 TASKS = ["mini_mc", "mini_gen", "mini_ppl"]
 LONG = " ".join(CORPUS[:6])  # well over MAX_SEQ_LEN tokens: forces left truncation and several rolling windows
 
 MC_DOCS = [
-    {"question": "Hello 🎉 world,", "choices": ["你好世界! Café ☕ and 😀 done.", "goodbye moon!", "again."], "label": 0},
+    {"question": "Hello 🎉 world,", "choices": ["你好世界! Café ☕ and 😀 done.", "goodbye moon!", "again."],
+     "label": 0},
     {"question": "The quick brown fox 🦊 jumps over", "choices": ["a sleepy cat.", "the lazy dog 🐶 again."],
      "label": 1},
     # Trailing spaces in the context move to the continuation (lm-eval's _encode_pair).
     {"question": "def add(a, b):\n   ", "choices": ["return a + b", "return a - b", "pass"], "label": 0},
     {"question": "", "choices": ["Hello 🎉 world", "Goodbye 🎉 world"], "label": 0},  # empty context: prefix token
+    {"question": "Hello 🎉 world,", "choices": ["goodbye moon!", "你好世界! Café ☕ and 😀 done."],
+     "label": 0},  # a wrong gold label: accuracy below 1
     {"question": LONG + " The quick brown fox 🦊 jumps over", "choices": ["the lazy dog 🐶 again.", "the moon."],
      "label": 0},
 ]
@@ -140,7 +145,7 @@ def test_task_metrics_equal_the_hf_backend(ours: dict, hf: dict) -> None:
     assert sorted(ours_flat) == sorted(hf_flat)
     for name in ("mini_mc/acc", "mini_mc/acc_norm", "mini_gen/exact_match"):
         assert ours_flat[name] == hf_flat[name], name
-    assert 0 < ours_flat["mini_mc/acc"] and 0 < ours_flat["mini_gen/exact_match"] < 1  # not degenerate
+    assert 0 < ours_flat["mini_mc/acc"] < 1 and 0 < ours_flat["mini_gen/exact_match"] < 1  # not degenerate
     for name in ("mini_ppl/word_perplexity", "mini_ppl/byte_perplexity", "mini_ppl/bits_per_byte"):
         assert ours_flat[name] == pytest.approx(hf_flat[name], rel=1e-5), name
 
@@ -226,3 +231,22 @@ def test_script_bad_input_is_one_error_line_and_exit_2(memorized_ckpt: Path, tas
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: ") and needle in err[-1]
+
+
+# ---- scripts/lm_eval_cli.py: lm-eval's own command line with mini-llm registered --------------------------------
+
+
+@pytest.mark.slow  # lm-eval's CLI indexes its ~15k built-in task files first (about 15 s of CPU)
+def test_lm_eval_command_line_runs_the_backend(memorized_ckpt: Path, tasks_dir: Path, tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "lm_eval_cli.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--model", "mini-llm", "--model_args", f"checkpoint={memorized_ckpt},dtype=fp32",
+         "--tasks", "mini_mc", "--include_path", str(tasks_dir), "--limit", "3", "--batch_size", "2",
+         "--output_path", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "mini-llm" in run.stdout and "mini_mc" in run.stdout and "acc_norm" in run.stdout  # lm-eval's table
+    saved = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert saved["config"]["model"] == "mini-llm"
+    assert saved["results"]["mini_mc"]["acc,none"] == 1.0  # the first three documents' gold answers are memorized
