@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
     p.add_argument("--batch-size", type=int, default=8, help="requests per forward pass")
     p.add_argument("--limit", type=float, help="documents per task (a fraction if < 1); for quick checks only")
-    p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples (None: each task's own)")
     p.add_argument("--max-gen-toks", type=int, default=256, help="new tokens at most, unless a task sets its own")
     p.add_argument("--include-path", help="directory of extra task YAML files (lm-eval's --include_path)")
     p.add_argument("--no-builtin-tasks", action="store_true",
