@@ -25,7 +25,7 @@ from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
 from core.errors import CheckpointError
-from inference import Generator
+from inference import Generator, SamplingParams
 from inference.harness import HarnessError, MiniLLM, evaluate_tasks, flatten_results
 from scripts import evaluate as evaluate_script
 from scripts.convert_hf import export_checkpoint
@@ -98,8 +98,13 @@ def ours(memorized_ckpt: Path, tasks_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hf(memorized_ckpt: Path, tasks_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    hf_dir = export_checkpoint(memorized_ckpt, tmp_path_factory.mktemp("hf") / "export")
+def hf_dir(memorized_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint exported to a Hugging Face directory by scripts/convert_hf.py."""
+    return export_checkpoint(memorized_ckpt, tmp_path_factory.mktemp("hf") / "export")
+
+
+@pytest.fixture(scope="module")
+def hf(hf_dir: Path, tasks_dir: Path) -> dict:
     return _evaluate("hf", tasks_dir, model_args={"pretrained": str(hf_dir), "dtype": "float32"}, device="cpu",
                      batch_size=2)
 
@@ -175,6 +180,38 @@ def test_evaluate_tasks_on_an_in_memory_model_restores_its_state(memorized_ckpt:
     random.seed(7)
     np.random.seed(7)
     assert after == (torch.rand(3).tolist(), random.random(), np.random.rand())
+
+
+def test_prefix_token_id_is_honoured_like_the_hf_backend(memorized_ckpt: Path, hf_dir: Path) -> None:
+    """prefix_token_id=2 (EOS, what precedes every document in our training data) stands for an empty context and
+    starts rolling windows in both backends; it changes the numbers, so the parity is not a coincidence."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    ll = [Instance("loglikelihood", {}, ("", " Hello 🎉 world"), 0),
+          Instance("loglikelihood", {}, ("The quick brown", " fox 🦊 jumps"), 1)]
+    rolling = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate([DOCS[0], LONG])]
+    hf_lm = HFLM(pretrained=str(hf_dir), dtype="float32", device="cpu", prefix_token_id=2)
+    for prefix in (None, 2):
+        ours_lm = MiniLLM(checkpoint=str(memorized_ckpt), device="cpu", dtype="fp32", batch_size=2,
+                          prefix_token_id=prefix)
+        ours_ll = ours_lm.loglikelihood(ll, disable_tqdm=True)
+        ours_rolling = ours_lm.loglikelihood_rolling(rolling, disable_tqdm=True)
+        if prefix is None:
+            bos_ll, bos_rolling = ours_ll, ours_rolling
+    hf_ll = hf_lm.loglikelihood(ll, disable_tqdm=True)
+    assert [g for _, g in ours_ll] == [g for _, g in hf_ll]
+    assert [x for x, _ in ours_ll] == pytest.approx([x for x, _ in hf_ll], abs=TOL)
+    assert ours_rolling == pytest.approx(hf_lm.loglikelihood_rolling(rolling, disable_tqdm=True), abs=TOL)
+    assert abs(bos_ll[0][0] - ours_ll[0][0]) > 1e-2 and abs(bos_rolling[1] - ours_rolling[1]) > 1e-2
+    assert bos_ll[1][0] == pytest.approx(ours_ll[1][0], abs=TOL)  # a non-empty context never sees the prefix
+
+
+def test_generation_kwargs_map_to_sampling_params(memorized_ckpt: Path) -> None:
+    lm = MiniLLM(checkpoint=str(memorized_ckpt), device="cpu")
+    assert lm._sampling({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5}) == SamplingParams(
+        temperature=0.7, top_k=5, top_p=0.9)
+    assert lm._sampling({"do_sample": False, "temperature": 0.0}).greedy
 
 
 # ---- bad input -------------------------------------------------------------------------------------------------
