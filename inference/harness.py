@@ -82,10 +82,16 @@ class MiniLLM(TemplateLM):
         prefix_token_id: int | None = None,
         compile: bool = False,
         generator: Generator | None = None,
+        **unknown: Any,
     ):
         super().__init__()
+        if unknown:
+            raise HarnessError(
+                f"unknown model_args {sorted(unknown)} for {MODEL_NAME} (known: checkpoint, device, dtype, max_length, "
+                f"max_gen_toks, add_bos_token, prefix_token_id, compile)"
+            )
         if (checkpoint is None) == (generator is None):
-            raise HarnessError("give the model as checkpoint=DIR (model_args) or as a Generator, not both")
+            raise HarnessError("give exactly one of checkpoint=DIR (in model_args) or an in-memory generator")
         if generator is None:
             generator = Generator.from_checkpoint(checkpoint, device=device, dtype=dtype, compile=bool(compile))
         self.generator = generator

@@ -224,8 +224,10 @@ def test_bad_model_args_are_user_errors(memorized_ckpt: Path, tmp_path: Path) ->
         MiniLLM(checkpoint=str(memorized_ckpt), device="cpu", batch_size="auto")
     with pytest.raises(HarnessError, match="max_length 1000 exceeds"):
         MiniLLM(checkpoint=str(memorized_ckpt), device="cpu", max_length=1000)
-    with pytest.raises(HarnessError, match="not both"):
+    with pytest.raises(HarnessError, match="exactly one of"):
         MiniLLM()
+    with pytest.raises(HarnessError, match=r"unknown model_args \['pretrained'\]"):
+        MiniLLM(checkpoint=str(memorized_ckpt), pretrained="gpt2")
 
 
 def test_unsupported_generation_kwargs_name_the_key(memorized_ckpt: Path) -> None:
