@@ -231,14 +231,14 @@ class MiniLLM(TemplateLM):
                 kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], self.max_gen_toks)
                 until = handle_stop_sequences(kwargs.pop("until", None), eos=None)  # EOS ends a row anyway
                 max_gen_toks = int(kwargs.pop("max_gen_toks"))
-                kwargs.pop("max_length", None)
                 sampling = self._sampling(kwargs)
                 room = self.max_length - max_gen_toks
                 if room < 1:
                     raise HarnessError(
                         f"max_gen_toks {max_gen_toks} leaves no room for context in max_length {self.max_length}"
                     )
-                contexts = [self.tok_encode(requests[i].args[0])[-room:] for i in indices]
+                # An empty context starts from prefix_token_id, as an empty log-likelihood context does.
+                contexts = [self.tok_encode(requests[i].args[0])[-room:] or [self.prefix_token_id] for i in indices]
                 for batch in self._batches([len(c) for c in contexts]):
                     done = self.generator.complete([contexts[b] for b in batch], max_gen_toks, sampling, until)
                     for b, completion in zip(batch, done, strict=True):
