@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Run as a file, Python puts scripts/ first on sys.path, where this file would shadow the `evaluate` package that
@@ -24,20 +23,14 @@ if sys.path and Path(sys.path[0]).resolve() == REPO_ROOT / "scripts":
 elif str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from core import cli  # noqa: E402
 from core.errors import UserError  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as one `error: ...` line (exit code 2), like every other bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The evaluate.py flags."""
-    p = _Parser(prog="evaluate.py", description="Run lm-evaluation-harness tasks on a checkpoint.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="evaluate.py", description="Run lm-evaluation-harness tasks on a checkpoint.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a training run's out_dir (latest)")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task, group or tag names (globs work)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -100,15 +93,15 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags and run; a UserError is one `error:` line and exit code 2."""
+    """Parse flags and run; a UserError is one `error:` line and exit code 2 (core.cli)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def start() -> None:
         run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run(start)
 
 
 if __name__ == "__main__":
+    cli.quiet_interrupts()
     sys.exit(main())

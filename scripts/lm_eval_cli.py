@@ -25,11 +25,11 @@ if sys.path and Path(sys.path[0]).resolve() == REPO_ROOT / "scripts":
 elif str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from core.errors import UserError  # noqa: E402
+from core import cli  # noqa: E402
 
 
-def main() -> int:
-    """Register mini-llm, run lm-eval's CLI on sys.argv; a UserError of ours is one `error:` line, exit code 2."""
+def start() -> None:
+    """Register mini-llm, then run lm-eval's CLI on sys.argv."""
     from lm_eval.__main__ import cli_evaluate
 
     import inference.harness  # noqa: F401  (registers the "mini-llm" model)
@@ -38,13 +38,9 @@ def main() -> int:
         # lm-eval's default is cuda:0, which its hf backend quietly replaces by the CPU when there is no GPU;
         # ours would refuse it, so without --device the backend chooses (cuda, else mps, else cpu).
         sys.argv += ["--device", "auto"]
-    try:
-        cli_evaluate()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    cli_evaluate()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.quiet_interrupts()
+    sys.exit(cli.run(start))  # a UserError of ours (a missing checkpoint, ...) is one `error:` line, exit code 2
