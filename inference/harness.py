@@ -276,6 +276,9 @@ def evaluate_tasks(
 ) -> dict[str, float]:
     """Run lm-eval tasks on an in-memory model; a flat {"task/metric": value} dict.
 
+    `model` is the plain Transformer (not wrapped by DDP, FSDP or torch.compile), in whatever dtype and on whatever
+    device it lives; it runs without autocast.
+
     For a training loop: the model's train/eval mode, its (absent) KV cache and every random number generator
     (Python, NumPy, torch CPU and CUDA) are as before the call. include_defaults=False looks for tasks under
     include_path only (indexing lm-eval's own ~15k task files takes seconds). bootstrap_iters=0 skips the
