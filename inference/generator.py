@@ -209,6 +209,23 @@ class Generator:
         if not prompts:
             return []
         ids = self._prepare(prompts, max_new_tokens, sampling, stop, bos)
-        for _ in self._run(ids, max_new_tokens, sampling, stop, seed):
+        return self.complete(ids, max_new_tokens, sampling, stop, seed)
+
+    def complete(
+        self,
+        ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingParams = GREEDY,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[Completion]:
+        """generate() for prompts already turned into ids and fitted (see fit()): for callers that tokenize and
+        truncate by their own rules, such as the lm-eval backend."""
+        sampling.validate()
+        if any(not s for s in stop):
+            raise GenerationError("stop strings must be non-empty")
+        if not ids:
+            return []
+        for _ in self._run([list(row) for row in ids], max_new_tokens, sampling, stop, seed):
             pass
         return self.last
