@@ -1,97 +1,182 @@
 """Training throughput: python benchmarks/train_throughput.py --config configs/tiny.yaml [key=value ...]
 
 Builds the model exactly as training does (train.engine.build_engine: meta device, init, compile, parallelism,
-optimizer) and runs the real optimizer step (Engine.train_step: forward, backward, clipping, AdamW) on random
-tokens after a warmup, and reports tokens/s, step time, peak memory and (on known GPUs) MFU. Prints a table and
-writes JSON under benchmarks/results/.
+optimizer) and times the real optimizer step (Engine.train_step: forward, backward, clipping, AdamW) on random
+tokens after a warmup. Beside it, the same weights as transformers' LlamaForCausalLM (exported with
+scripts/convert_hf.py) take the same step (forward with labels, backward, clipping, torch AdamW with the same
+settings), under the same precision. The two take turns, run by run, so load from elsewhere falls on both alike;
+the table shows the median step of each, their ratio, the achieved FLOP/s and its share of a matmul peak measured
+on the spot (a large fp32 or bf16 GEMM), and peak memory. JSON goes under benchmarks/results/.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import resource
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import common  # noqa: F401  (puts the repo root on sys.path)
 import torch
 from common import environment, print_table, write_result
 
 from core import cli
-from train.config import load_config
+from core.device import autocast
+from model.checkpoint import save_model_checkpoint
+from train.config import Config, load_config
 from train.engine import build_engine
 from train.metrics import resolve_peak_flops
 from train.parallel import World, resolve_plan
 
 
-def measure(cfg, steps: int, warmup: int) -> dict:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, precision: str, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` n x n x n matmuls in the run's precision: what this device reaches here."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm up the kernel choice
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def hf_peer(cfg: Config, engine, tmp: Path):
+    """The engine's initial weights as a transformers LlamaForCausalLM, with an AdamW of the same settings, and a
+    step function doing what Engine.train_step does."""
+    from transformers import AutoModelForCausalLM
+
+    from scripts.convert_hf import export_checkpoint
+
+    ckpt = save_model_checkpoint(tmp / "ckpt", engine.raw_model)
+    hf_dir = export_checkpoint(ckpt, tmp / "hf")
+    device, plan = engine.device, engine.plan
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device).train()
+    o = cfg.optim
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed_tokens" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed_tokens" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2),
+                                  eps=o.eps, fused=device.type == "cuda")
+
+    def step(micro_batches) -> None:
+        n = len(micro_batches)
+        for x, y in micro_batches:
+            x, y = x.to(device), y.to(device)
+            with autocast(device, plan.autocast_precision):
+                logits = model(input_ids=x).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / n
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # synchronize, as Engine.train_step does
+
+    return step
+
+
+def measure(cfg: Config, steps: int, warmup: int, peer: bool) -> dict:
     plan = resolve_plan(cfg.train, World())
     device, precision = plan.device, plan.precision
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     engine = build_engine(cfg, plan)
     raw = engine.raw_model
-    accum = cfg.grad_accum_steps()
     t = cfg.train
     gen = torch.Generator().manual_seed(0)
 
-    def batch():
-        x = torch.randint(0, cfg.model.vocab_size, (t.micro_batch_size, t.seq_len + 1), generator=gen)
-        return x[:, :-1], x[:, 1:]  # as the real loader gives them (unpinned)
+    def batches():
+        out = []
+        for _ in range(cfg.grad_accum_steps()):
+            x = torch.randint(0, cfg.model.vocab_size, (t.micro_batch_size, t.seq_len + 1), generator=gen)
+            out.append((x[:, :-1], x[:, 1:]))  # as the real loader gives them (unpinned)
+        return out
 
-    times = []
-    for i in range(warmup + steps):
-        batches = [batch() for _ in range(accum)]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        engine.train_step(batches)  # .item() inside synchronizes
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="train-bench-") if peer else contextlib.nullcontext() as tmp:
+        runners = {"ours": engine.train_step}
+        if peer:
+            runners["transformers"] = hf_peer(cfg, engine, Path(tmp))
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for i in range(warmup + steps):
+            for name, run in runners.items():  # turns, so outside load falls on both alike
+                data = batches()
+                sync(device)
+                start = time.perf_counter()
+                run(data)
+                sync(device)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
     tokens = t.batch_size * t.seq_len
-    step_time = statistics.median(times)
-    tps = tokens / step_time
-    peak = resolve_peak_flops(cfg, device)
+    flops_per_token = raw.flops_per_token(t.seq_len)
+    measured_peak = matmul_peak(device, precision)
+    table_peak = resolve_peak_flops(cfg, device)
     if device.type == "cuda":
         mem_gb = torch.cuda.max_memory_allocated(device) / 2**30
     else:
         mem_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-    return {
-        "device": str(device),
-        "precision": precision,
-        "compile": t.compile,
-        "params_M": raw.num_params() / 1e6,
-        "batch_tokens": tokens,
-        "step_time_s": step_time,
-        "step_time_mean_s": statistics.fmean(times),
-        "tokens_per_sec": tps,
-        "peak_mem_GiB": mem_gb,
-        "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
-        "mfu": tps * raw.flops_per_token(t.seq_len) / peak if peak else None,
-    }
+    rows = []
+    for name, samples in times.items():
+        step_time = statistics.median(samples)
+        tps = tokens / step_time
+        rows.append({
+            "impl": name,
+            "device": str(device),
+            "precision": precision,
+            "compile": t.compile if name == "ours" else False,
+            "params_M": raw.num_params() / 1e6,
+            "batch_tokens": tokens,
+            "step_time_s": step_time,
+            "step_time_mean_s": statistics.fmean(samples),
+            "tokens_per_sec": tps,
+            "tflops": tps * flops_per_token / 1e12,
+            "of_matmul_peak": tps * flops_per_token / measured_peak,
+            "mfu": tps * flops_per_token / table_peak if table_peak else None,
+        })
+    if peer:
+        rows[0]["vs_transformers"] = rows[1]["step_time_s"] / rows[0]["step_time_s"]
+    return {"rows": rows, "matmul_peak_tflops": measured_peak / 1e12, "peak_mem_GiB": mem_gb,
+            "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS (both)"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (per implementation)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
     parser.add_argument("--out", default=None, help="JSON path (default: under benchmarks/results/)")
     args = parser.parse_args(argv)
     return cli.run(lambda: report(args))
 
 
-def report(args) -> None:
+def report(args: argparse.Namespace) -> None:
     """Measure, print the table, write JSON."""
     cfg = load_config(args.config, args.overrides)
-    result = measure(cfg, args.steps, args.warmup)
-    row = {"config": args.config, **result}
-    print_table([row], ["config", "device", "precision", "compile", "params_M", "batch_tokens", "step_time_s",
-                        "tokens_per_sec", "peak_mem_GiB", "mfu"])
-    name = f"train_throughput-{cfg.train.out_dir.split('/')[-1]}-{result['device'].replace(':', '')}"
+    result = measure(cfg, args.steps, args.warmup, peer=not args.no_hf)
+    env = environment(result["rows"][0]["device"])
+    print(f"train step: {args.config} {' '.join(args.overrides)}; torch {env['torch']}, {env['torch_threads']} "
+          f"threads, commit {env['commit']}; matmul peak measured here {result['matmul_peak_tflops']:.3f} TFLOP/s")
+    print_table(result["rows"], ["impl", "device", "precision", "compile", "params_M", "batch_tokens",
+                                 "step_time_s", "tokens_per_sec", "tflops", "of_matmul_peak", "vs_transformers"])
+    print(f"peak memory ({result['peak_mem_kind']}): {result['peak_mem_GiB']:.2f} GiB")
+    device = result["rows"][0]["device"].replace(":", "")
+    name = f"train_throughput-{Path(cfg.train.out_dir).name}-{device}"
     path = write_result(name, {"benchmark": "train_throughput", "config": args.config, "overrides": args.overrides,
-                               "result": result, "env": environment(result["device"])}, args.out)
+                               "result": result, "env": env}, args.out)
     print(f"wrote {path}")
 
 
