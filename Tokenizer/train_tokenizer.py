@@ -30,10 +30,20 @@ from core import cli
 from core.atomic import atomic_directory
 from core.errors import ConfigError, DataError
 from core.sources import iter_documents
-from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
+from Tokenizer.chat import DEFAULT_TEMPLATE
+from Tokenizer.tokenizer import (
+    BOS_ID,
+    CHAT_TEMPLATE_FILE,
+    CHAT_TOKENS,
+    EOS_ID,
+    MODEL_FILE,
+    PAD_ID,
+    UNK_ID,
+    Tokenizer,
+)
 
 META_FILE = "meta.json"
-N_SPECIAL = 4  # unk, bos, eos, pad
+N_SPECIAL = 4 + len(CHAT_TOKENS)  # unk, bos, eos, pad and the chat markers
 MIN_VOCAB_SIZE = N_SPECIAL + 256 + 64  # specials + one piece per byte + room for characters and merges
 # SentencePiece drops training sentences longer than max_sentence_length bytes; longer documents are cut into
 # pieces of at most this size instead, so no text is lost from the sample.
@@ -106,6 +116,9 @@ def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: boo
         bos_id=BOS_ID,
         eos_id=EOS_ID,
         pad_id=PAD_ID,
+        # Control symbols, unlike user-defined ones, are never matched inside text: only the chat template
+        # inserts them (ids 4-7, before the byte pieces).
+        control_symbols=list(CHAT_TOKENS),
         num_threads=os.cpu_count() or 1,
         minloglevel=1 if progress else 2,  # SentencePiece's INFO log is long; keep its warnings when asked
     )
@@ -133,11 +146,11 @@ def train_tokenizer(
     progress: bool = True,
 ) -> Tokenizer:
     """Train a byte-fallback SentencePiece BPE model on the first `sample_mb` MB of `texts` and write it to
-    out_dir/tokenizer.model (plus meta.json) atomically; returns the loaded Tokenizer."""
+    out_dir/tokenizer.model (plus meta.json and the chat template) atomically; returns the loaded Tokenizer."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(
-            f"vocab_size {vocab_size} is too small: byte fallback takes {N_SPECIAL} special ids + 256 byte pieces, "
-            f"and characters and merges need room too; use at least {MIN_VOCAB_SIZE}"
+            f"vocab_size {vocab_size} is too small: {N_SPECIAL} special ids (chat markers included) + 256 byte "
+            f"pieces are reserved, and characters and merges need room too; use at least {MIN_VOCAB_SIZE}"
         )
     if sample_mb <= 0:
         raise ConfigError(f"sample_mb must be positive, got {sample_mb}")
@@ -158,13 +171,16 @@ def train_tokenizer(
         "vocab_size": vocab_size,
         "model_type": "bpe",
         "special_ids": {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID},
+        "chat_tokens": list(CHAT_TOKENS),
         "sample_bytes": n_bytes,
         "sample_sentences": len(sentences),
         "seed": seed,
         "sentencepiece_version": spm.__version__,
     }
     out_dir = Path(out_dir)
-    _write_atomically(out_dir, {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode()})
+    files = {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode(),
+             CHAT_TEMPLATE_FILE: DEFAULT_TEMPLATE.read_bytes()}
+    _write_atomically(out_dir, files)
     return Tokenizer.load(out_dir)
 
 

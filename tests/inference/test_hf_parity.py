@@ -24,13 +24,14 @@ def hf_model(random_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def hf_greedy(hf_model, ids: list[list[int]], pad_id: int) -> list[list[int]]:
-    """transformers greedy decoding of left-padded prompts, exactly NEW_TOKENS new tokens each."""
+    """transformers greedy decoding of left-padded prompts, exactly NEW_TOKENS new tokens each (no stop token:
+    min_new_tokens would instead forbid EOS, which our generate_ids() lets the model pick like any token)."""
     T = max(len(x) for x in ids)
     input_ids = torch.tensor([[pad_id] * (T - len(x)) + x for x in ids])
     attention_mask = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in ids])
     out = hf_model.generate(
         input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=NEW_TOKENS,
-        min_new_tokens=NEW_TOKENS, pad_token_id=pad_id,
+        eos_token_id=None, pad_token_id=pad_id,
     )
     return out[:, T:].tolist()
 
