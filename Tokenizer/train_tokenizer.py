@@ -96,7 +96,7 @@ def sample_texts(texts: Iterable[str], max_bytes: int, progress: bool = True) ->
     return sentences, total
 
 
-def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: bool) -> bytes:
+def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: bool, chat_tokens: bool) -> bytes:
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -118,7 +118,7 @@ def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: boo
         pad_id=PAD_ID,
         # Control symbols, unlike user-defined ones, are never matched inside text: only the chat template
         # inserts them (ids 4-7, before the byte pieces).
-        control_symbols=list(CHAT_TOKENS),
+        control_symbols=list(CHAT_TOKENS) if chat_tokens else [],
         num_threads=os.cpu_count() or 1,
         minloglevel=1 if progress else 2,  # SentencePiece's INFO log is long; keep its warnings when asked
     )
@@ -128,7 +128,7 @@ def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: boo
 def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write `files` into a temporary sibling of out_dir and rename it into place, replacing an older tokenizer."""
     if out_dir.exists():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in files)
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in {*files, CHAT_TEMPLATE_FILE})
         if foreign:
             raise DataError(f"{out_dir} exists and holds files that are not a tokenizer ({', '.join(foreign[:3])}); "
                             "choose a new or empty directory")
@@ -144,9 +144,11 @@ def train_tokenizer(
     sample_mb: float = 64,
     seed: int = 0,
     progress: bool = True,
+    chat_tokens: bool = True,
 ) -> Tokenizer:
     """Train a byte-fallback SentencePiece BPE model on the first `sample_mb` MB of `texts` and write it to
-    out_dir/tokenizer.model (plus meta.json and the chat template) atomically; returns the loaded Tokenizer."""
+    out_dir/tokenizer.model (plus meta.json and the chat template) atomically; returns the loaded Tokenizer.
+    chat_tokens=False leaves out the chat markers and template, as tokenizers were before chat support."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(
             f"vocab_size {vocab_size} is too small: {N_SPECIAL} special ids (chat markers included) + 256 byte "
@@ -160,7 +162,7 @@ def train_tokenizer(
     if progress:
         print(f"training a {vocab_size}-token BPE tokenizer on {n_bytes / MB:.1f} MB of text", file=sys.stderr)
     try:
-        model = _train_model(sentences, vocab_size, seed, progress)
+        model = _train_model(sentences, vocab_size, seed, progress, chat_tokens)
     except RuntimeError as e:
         # SentencePiece raises RuntimeError for settings the text cannot satisfy (a vocab too large for the text,
         # or too small for its characters); keep its message without the C++ source location in front.
@@ -171,15 +173,16 @@ def train_tokenizer(
         "vocab_size": vocab_size,
         "model_type": "bpe",
         "special_ids": {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID},
-        "chat_tokens": list(CHAT_TOKENS),
+        "chat_tokens": list(CHAT_TOKENS) if chat_tokens else [],
         "sample_bytes": n_bytes,
         "sample_sentences": len(sentences),
         "seed": seed,
         "sentencepiece_version": spm.__version__,
     }
     out_dir = Path(out_dir)
-    files = {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode(),
-             CHAT_TEMPLATE_FILE: DEFAULT_TEMPLATE.read_bytes()}
+    files = {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode()}
+    if chat_tokens:
+        files[CHAT_TEMPLATE_FILE] = DEFAULT_TEMPLATE.read_bytes()
     _write_atomically(out_dir, files)
     return Tokenizer.load(out_dir)
 
