@@ -12,12 +12,11 @@ from safetensors.torch import load_file
 
 from core.errors import UserError
 from model import ModelConfig, Transformer
+from model.checkpoint import TOKENIZER, load_model, save_model_checkpoint
 from scripts.add_chat_tokens import add_chat_tokens_to_checkpoint, main
 from tests.helpers import randomize
 from Tokenizer import Tokenizer, train_tokenizer
 from Tokenizer.tokenizer import CHAT_TOKENS
-from train.checkpoint import TOKENIZER, load_model, save_model_checkpoint
-from train.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b\n"] * 30
@@ -33,11 +32,11 @@ def old_tokenizer_dir(tmp_path_factory) -> Path:
 
 def make_checkpoint(path: Path, tokenizer_dir: Path, vocab_size: int, tie: bool,
                     dtype: torch.dtype = torch.float32) -> Path:
-    cfg = Config(model=ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=vocab_size, multiple_of=16,
-                                   max_seq_len=32, tie_embeddings=tie))
-    model = Transformer(cfg.model)
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=vocab_size, multiple_of=16, max_seq_len=32,
+                      tie_embeddings=tie)
+    model = Transformer(cfg)
     randomize(model, seed=0)
-    return save_model_checkpoint(path, model.to(dtype), cfg, tokenizer_dir)
+    return save_model_checkpoint(path, model.to(dtype), tokenizer_dir)
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
@@ -47,9 +46,9 @@ def test_chat_ready_checkpoint_keeps_old_logits(tmp_path, old_tokenizer_dir, tie
 
     tokenizer = Tokenizer.load(out / TOKENIZER)
     assert tokenizer.has_chat_tokens and tokenizer.vocab_size == OLD_VOCAB + len(CHAT_TOKENS)
-    old_model, _, _ = load_model(src)
-    new_model, cfg, _ = load_model(out)
-    assert cfg.model.vocab_size == new_model.cfg.vocab_size == tokenizer.vocab_size
+    old_model, _ = load_model(src)
+    new_model, _ = load_model(out)
+    assert new_model.cfg.vocab_size == tokenizer.vocab_size
     ids = torch.tensor([Tokenizer.load(old_tokenizer_dir).encode(TEXTS[0])])
     assert ids.tolist() == [tokenizer.encode(TEXTS[0])]
     with torch.no_grad():
@@ -75,12 +74,17 @@ def test_refuses_its_input_and_a_used_output(tmp_path, old_tokenizer_dir, capsys
     src = make_checkpoint(tmp_path / "old", old_tokenizer_dir, OLD_VOCAB, tie=True)
     before = {p.name: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     assert main(["--checkpoint", str(src), "--out", str(src)]) == 2
-    assert "is the input checkpoint" in capsys.readouterr().err
+    assert "overlaps the input" in capsys.readouterr().err
+    assert main(["--checkpoint", str(src), "--out", str(src / "chat")]) == 2
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="not empty"):
         add_chat_tokens_to_checkpoint(src, tmp_path / "used")
+    with pytest.raises(UserError, match="only replaces a directory that add_chat_tokens wrote"):
+        add_chat_tokens_to_checkpoint(src, tmp_path / "used", overwrite=True)
+    assert (tmp_path / "used" / "notes.txt").read_text() == "keep me"
     chat = add_chat_tokens_to_checkpoint(src, tmp_path / "chat")
+    assert add_chat_tokens_to_checkpoint(src, chat, overwrite=True) == chat  # its own output may be replaced
     with pytest.raises(UserError, match="already has the chat tokens"):
         add_chat_tokens_to_checkpoint(chat, tmp_path / "again")
     assert {p.name: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
