@@ -61,7 +61,7 @@ def validate_messages(messages: object) -> list[Mapping]:
 
 def chat_template(tokenizer: Tokenizer) -> str:
     """Text of the tokenizer's chat template; a DataError saying how to add one when the tokenizer has none."""
-    tokenizer.chat_token_ids  # noqa: B018 -- raises the DataError with the fix when the markers are missing
+    _ = tokenizer.chat_token_ids  # without markers: a DataError that says how to add them
     path = tokenizer.directory / CHAT_TEMPLATE_FILE
     if not path.is_file():
         raise DataError(f"tokenizer {tokenizer.directory} has no {CHAT_TEMPLATE_FILE}; {ADD_CHAT_TOKENS_HINT}")

@@ -19,8 +19,7 @@ from core.atomic import atomic_directory
 from core.errors import DataError
 from Tokenizer.chat import DEFAULT_TEMPLATE
 from Tokenizer.tokenizer import CHAT_TEMPLATE_FILE, CHAT_TOKENS, MODEL_FILE, Tokenizer
-
-META_FILE = "meta.json"
+from Tokenizer.train_tokenizer import META_FILE
 
 
 def with_chat_tokens(model_bytes: bytes) -> bytes:
