@@ -24,39 +24,51 @@ def reply_end_ids(tokenizer: Tokenizer) -> frozenset[int]:
     return frozenset({tokenizer.eos_id, *tokenizer.chat_token_ids.values()})
 
 
-def _drop_oldest_turn(messages: list[Mapping]) -> bool:
-    """Remove the oldest non-system message and any assistant replies right after it (a history then never
-    starts with a reply); the last message stays. False when nothing can be dropped."""
-    droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
-    if not droppable:
-        return False
-    del messages[droppable[0]]
-    while True:
-        rest = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
-        if not rest or messages[rest[0]]["role"] != "assistant":
-            return True
-        del messages[rest[0]]
+def _history_starts(messages: list[Mapping]) -> list[int]:
+    """Where the kept history may start, oldest first: the first non-system message, then every later user
+    message (a history never starts with a reply), then the last message, which is always kept."""
+    last = len(messages) - 1
+    starts = [i for i, m in enumerate(messages[:last]) if m["role"] == "user"]
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), last)
+    return sorted({first, *starts, last})
+
+
+def _kept(messages: list[Mapping], start: int) -> list[Mapping]:
+    """The system messages before `start`, then every message from `start` on."""
+    return [m for m in messages[:start] if m["role"] == "system"] + messages[start:]
 
 
 def fit_chat(tokenizer: Tokenizer, messages: Sequence[Mapping], max_new_tokens: int, max_seq_len: int) -> list[int]:
     """Prompt ids of a conversation (ending with <|assistant|>) that leave room for max_new_tokens within
-    max_seq_len: the oldest turns are dropped with a HistoryTruncatedWarning; system messages and the last
-    message are always kept, and a GenerationError says so when even they do not fit."""
-    kept = validate_messages(messages)
+    max_seq_len: the oldest turns are dropped with a HistoryTruncatedWarning, as few as possible; system messages
+    and the last message are always kept, and a GenerationError says so when even they do not fit."""
+    messages = validate_messages(messages)
     room = max_seq_len - max_new_tokens
-    ids = encode_chat(tokenizer, kept)
-    while len(ids) > room:
-        if not _drop_oldest_turn(kept):
-            raise GenerationError(
-                f"the system message(s) and the last message take {len(ids)} tokens; with max_new_tokens "
-                f"{max_new_tokens} that exceeds max_seq_len {max_seq_len}: shorten them or lower max_new_tokens"
-            )
-        ids = encode_chat(tokenizer, kept)
-    if len(kept) < len(messages):
-        warnings.warn(
-            f"chat history + max_new_tokens {max_new_tokens} exceeds max_seq_len {max_seq_len}: dropped the "
-            f"{len(messages) - len(kept)} oldest message(s), kept {len(kept)} ({len(ids)} tokens)",
-            HistoryTruncatedWarning,
-            stacklevel=3,
+    ids = encode_chat(tokenizer, messages)
+    if len(ids) <= room:
+        return ids
+    # Every message sits between markers, so dropping one never adds tokens: binary search for the longest
+    # history that fits (a few encodings instead of one per dropped turn).
+    starts = _history_starts(messages)
+    shortest = encode_chat(tokenizer, _kept(messages, starts[-1]))
+    if len(shortest) > room:
+        raise GenerationError(
+            f"the system message(s) and the last message take {len(shortest)} tokens; with max_new_tokens "
+            f"{max_new_tokens} that exceeds max_seq_len {max_seq_len}: shorten them or lower max_new_tokens"
         )
+    lo, hi, ids = 0, len(starts) - 1, shortest  # starts[hi] fits; starts[lo] may not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = encode_chat(tokenizer, _kept(messages, starts[mid]))
+        if len(candidate) <= room:
+            hi, ids = mid, candidate
+        else:
+            lo = mid + 1
+    kept = len(_kept(messages, starts[hi]))
+    warnings.warn(
+        f"chat history + max_new_tokens {max_new_tokens} exceeds max_seq_len {max_seq_len}: dropped the "
+        f"{len(messages) - kept} oldest message(s), kept {kept} ({len(ids)} tokens)",
+        HistoryTruncatedWarning,
+        stacklevel=3,
+    )
     return ids

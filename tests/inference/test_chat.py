@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import warnings
 from pathlib import Path
 
@@ -143,3 +144,42 @@ def test_a_tokenizer_without_chat_tokens_says_how_to_add_them(no_chat_ckpt):
     gen = Generator.from_checkpoint(no_chat_ckpt, device="cpu")
     with pytest.raises(DataError, match=r"add_chat_tokens\.py"):
         gen.chat([{"role": "user", "content": "hi"}], max_new_tokens=16)
+
+
+def drop_turns_one_by_one(tok, messages: list[dict], room: int) -> list[int] | None:
+    """Reference for fit_chat: drop the oldest non-system message (and replies right after it) until it fits;
+    None when only system messages and the last message are left and they do not fit."""
+    def oldest(kept: list[dict]) -> int | None:
+        return next((i for i, m in enumerate(kept[:-1]) if m["role"] != "system"), None)
+
+    kept = list(messages)
+    while len(encode_chat(tok, kept)) > room:
+        if oldest(kept) is None:
+            return None
+        del kept[oldest(kept)]
+        while (i := oldest(kept)) is not None and kept[i]["role"] == "assistant":
+            del kept[i]
+    return encode_chat(tok, kept)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fit_chat_drops_the_fewest_oldest_turns(random_gen, seed):
+    # Random histories, some starting with a reply or holding a system message in the middle.
+    rng = random.Random(seed)
+    roles = ["user", "assistant"]
+    messages = [SYSTEM] if seed % 2 else []
+    messages += [{"role": "assistant", "content": "earlier reply"}] if seed % 3 == 0 else []
+    for i in range(rng.randint(3, 12)):
+        messages.append({"role": roles[i % 2], "content": "the quick brown fox " * rng.randint(0, 4)})
+        if rng.random() < 0.1:
+            messages.append({"role": "system", "content": "Keep going."})
+    messages.append({"role": "user", "content": "last"})
+    room = rng.randint(20, 60)
+    expected = drop_turns_one_by_one(random_gen.tokenizer, messages, room)
+    if expected is None:
+        with pytest.raises(GenerationError, match="last message take"):
+            fit_chat(random_gen.tokenizer, messages, MAX_SEQ_LEN - room, MAX_SEQ_LEN)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HistoryTruncatedWarning)
+        assert fit_chat(random_gen.tokenizer, messages, MAX_SEQ_LEN - room, MAX_SEQ_LEN) == expected
