@@ -124,11 +124,12 @@ class Server:
 # ---- events -> answers ----------------------------------------------------------------------------------------
 
 
-async def _events(engine: Engine, specs: list[SeqSpec], request: Request, watch: bool) -> AsyncIterator[Any]:
-    """Submit the sequences and yield their events; stop early (cancelling them) if the client disconnects.
+def _submit(engine: Engine, specs: list[SeqSpec], request: Request, watch: bool) -> AsyncIterator[Any]:
+    """Submit the sequences now (a full engine answers 503 before any response starts) and return their events.
 
-    The generator's cleanup always cancels the request: after it finished that is a no-op, and a stream
-    closed by a departed client lands here too."""
+    The events stop early, cancelling the request, if the client disconnects: `watch` polls for that (a plain
+    JSON answer); a stream notices it when a write fails and closes the iterator. Cleanup always cancels: after
+    the request finished that is a no-op."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -140,25 +141,29 @@ async def _events(engine: Engine, specs: list[SeqSpec], request: Request, watch:
         ticket = engine.submit(specs, emit)
     except EngineOverloaded as e:
         raise APIError(503, f"{e}; retry later", "server_error", code="overloaded") from None
-    try:
-        remaining = len(specs)
-        while remaining:
-            if watch:
-                try:
-                    event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
-            else:
-                event = await queue.get()
-            if isinstance(event, Finished):
-                remaining -= 1
-            yield event
-            if isinstance(event, Failed):
-                return
-    finally:
-        engine.cancel(ticket)
+
+    async def events() -> AsyncIterator[Any]:
+        try:
+            remaining = len(specs)
+            while remaining:
+                if watch:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        continue
+                else:
+                    event = await queue.get()
+                if isinstance(event, Finished):
+                    remaining -= 1
+                yield event
+                if isinstance(event, Failed):
+                    return
+        finally:
+            engine.cancel(ticket)
+
+    return events()
 
 
 def _choice(kind: str, index: int, text: str, finish_reason: str | None, delta: bool) -> dict[str, Any]:
@@ -175,7 +180,7 @@ async def answer(server: Server, job: Job, request: Request) -> JSONResponse:
     """The whole answer as one JSON object."""
     texts, reasons = [""] * len(job.specs), [None] * len(job.specs)
     completion_tokens = 0
-    async for event in _events(server.engine, job.specs, request, watch=True):
+    async for event in _submit(server.engine, job.specs, request, watch=True):
         if isinstance(event, Piece):
             texts[event.index] += event.text
         elif isinstance(event, Finished):
@@ -193,8 +198,7 @@ async def answer(server: Server, job: Job, request: Request) -> JSONResponse:
 
 async def stream(server: Server, job: Job, request: Request) -> StreamingResponse:
     """Server-sent events: one chunk per piece of text, a last chunk per choice with its finish_reason."""
-    events = _events(server.engine, job.specs, request, watch=False)
-    first = await anext(events, None)  # a full engine answers 503 here, before the stream starts
+    events = _submit(server.engine, job.specs, request, watch=False)
     chat = job.kind == "chat.completion"
     base = {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion.chunk" if chat else job.kind,
             "created": now(), "model": server.model_name}
@@ -208,8 +212,7 @@ async def stream(server: Server, job: Job, request: Request) -> StreamingRespons
             yield sse([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                         "finish_reason": None} for i in range(len(job.specs))])
         try:
-            event = first
-            while event is not None:
+            async for event in events:
                 if isinstance(event, Piece):
                     yield sse([_choice(job.kind, event.index, event.text, None, delta=True)])
                 elif isinstance(event, Finished):
@@ -218,7 +221,6 @@ async def stream(server: Server, job: Job, request: Request) -> StreamingRespons
                 else:
                     yield f"data: {json.dumps(error_body(event.message, 'server_error'))}\n\n"
                     return
-                event = await anext(events, None)
         finally:
             await events.aclose()
         if job.include_usage:

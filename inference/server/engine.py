@@ -112,6 +112,7 @@ class Engine:
         self.device = model.tok_embeddings.weight.device
         self._waiting: deque[tuple[Ticket, int]] = deque()  # (ticket, choice index), admitted in order
         self._active: list[_Seq] = []  # slot i holds self._active[i]
+        self._admitting = 0  # sequences taken from the queue whose prefill has not joined _active yet
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -139,7 +140,7 @@ class Engine:
         """Queue a request's sequences; raise EngineOverloaded if they do not fit in the free slots + queue."""
         ticket = Ticket(list(specs), emit)
         with self._cond:
-            load = len(self._active) + len(self._waiting)
+            load = len(self._active) + self._admitting + len(self._waiting)
             if load + len(specs) > self.max_batch + self.max_queue:
                 raise EngineOverloaded(
                     f"server overloaded: {len(self._active)} requests running and {len(self._waiting)} waiting"
@@ -157,7 +158,8 @@ class Engine:
     def load(self) -> dict[str, int]:
         """Sequences running and waiting now."""
         with self._cond:
-            return {"running": len(self._active), "waiting": len(self._waiting), "slots": self.max_batch}
+            running = len(self._active) + self._admitting
+            return {"running": running, "waiting": len(self._waiting), "slots": self.max_batch}
 
     # ---- the scheduler thread ----------------------------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class Engine:
                     return
                 self._waiting = deque(w for w in self._waiting if not w[0].cancelled)
                 admitted = [self._waiting.popleft() for _ in range(min(len(self._waiting), self._free_slots()))]
+                self._admitting = len(admitted)
             try:
                 self._remove([i for i, s in enumerate(self._active) if s.ticket.cancelled])
                 if admitted:
@@ -181,7 +184,9 @@ class Engine:
                 log.exception("scheduler step failed")
                 for ticket in {s.ticket for s in self._active} | {t for t, _ in admitted}:
                     ticket.emit(Failed(f"internal error: {type(e).__name__}: {e}"))
-                self._active.clear()
+                with self._cond:
+                    self._active.clear()
+                    self._admitting = 0
 
     def _free_slots(self) -> int:
         return self.max_batch - sum(not s.ticket.cancelled for s in self._active)  # cancelled: removed next
@@ -192,8 +197,9 @@ class Engine:
             last = len(self._active) - 1
             if slot != last:
                 self.model.move_cache_row(last, slot)
+            with self._cond:  # submit() and load() count the slots
                 self._active[slot] = self._active[last]
-            self._active.pop()
+                self._active.pop()
 
     def _new_seq(self, ticket: Ticket, index: int) -> _Seq:
         spec = ticket.specs[index]
@@ -220,7 +226,9 @@ class Engine:
         logits = logits[torch.arange(len(seqs), device=self.device), last]  # (k, V): each prompt's last position
         for s, n in zip(seqs, lengths, strict=True):
             s.length = n
-        self._active.extend(seqs)
+        with self._cond:
+            self._active.extend(seqs)
+            self._admitting = 0
         self._advance(range(first, first + len(seqs)), logits)
 
     def _decode(self) -> None:

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP = 4  # OpenAI accepts up to 4 stop sequences
 
@@ -22,6 +22,7 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
+    model_config = ConfigDict(validate_default=True)  # `stop` always becomes a list
     model: str
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None  # default 1; 0 is greedy
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None  # default 1
