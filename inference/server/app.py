@@ -21,9 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from core.errors import UserError
+from inference.chat import encode_chat, reply_end_ids
 from inference.sampling import SamplingParams
 from inference.server.engine import Engine, EngineOverloaded, Failed, Finished, Piece, SeqSpec
-from inference.server.protocol import CompletionRequest, error_body, new_id, now, usage
+from inference.server.protocol import ChatRequest, CompletionRequest, error_body, new_id, now, usage
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
@@ -119,6 +121,23 @@ class Server:
             specs += [SeqSpec(ids, max_tokens, sampling, tuple(body.stop), eos, seed + i) for i in range(n)]
             prompt_tokens += len(ids)
         return Job(specs, bool(body.stream), _include_usage(body), "text_completion", prompt_tokens)
+
+    def chat_job(self, body: ChatRequest) -> Job:
+        self.check_model(body.model)
+        n = body.n or 1
+        self.check_capacity(n, "n")
+        # OpenAI's "developer" role is its newer name for "system".
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        try:
+            ids = encode_chat(self.tokenizer, messages)  # ends with the assistant marker: the reply comes next
+            end_ids = reply_end_ids(self.tokenizer)
+        except UserError as e:  # a conversation the template rejects, or a tokenizer without chat markers
+            raise APIError(400, str(e), param="messages") from None
+        max_tokens = self.fit(ids, body.max_completion_tokens or body.max_tokens, "messages")
+        sampling, seed = _sampling(body), _seed(body)
+        specs = [SeqSpec(ids, max_tokens, sampling, tuple(body.stop), end_ids, seed + i) for i in range(n)]
+        return Job(specs, bool(body.stream), _include_usage(body), "chat.completion", len(ids))
 
 
 # ---- events -> answers ----------------------------------------------------------------------------------------
@@ -265,6 +284,10 @@ def create_app(server: Server) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         return await handle(server.completion_job)(body, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        return await handle(server.chat_job)(body, request)
 
     @app.get("/v1/models")
     async def models(request: Request):

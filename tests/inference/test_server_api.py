@@ -181,3 +181,58 @@ def test_overloaded_is_503_at_once_and_a_closed_stream_frees_its_slot(random_ckp
         # The client left mid-stream: its slot is freed at once and the next request is served.
         assert wait_idle(url)["running"] == 0
         assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).choices[0].finish_reason
+
+
+# ---- chat ------------------------------------------------------------------------------------------------------
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hello there"},
+    {"role": "assistant", "content": "Hello world"},
+    {"role": "user", "content": "def add(a, b):"},
+]
+
+
+def test_chat_greedy_equals_generator_chat(client, reference):
+    want = "".join(reference.chat(CONVERSATION, 30, GREEDY))
+    done = reference.last[0]
+    got = client.chat.completions.create(model=MODEL, messages=CONVERSATION, max_tokens=30, temperature=0)
+    assert got.object == "chat.completion"
+    assert got.choices[0].message.role == "assistant"
+    assert got.choices[0].message.content == want
+    assert got.choices[0].finish_reason == ("length" if done.finish_reason == "length" else "stop")
+    assert got.usage.prompt_tokens == done.prompt_tokens
+    assert got.usage.completion_tokens == len(done.token_ids)
+
+
+def test_chat_stream_role_first_then_deltas(client, reference):
+    want = "".join(reference.chat(CONVERSATION[-1:], 30, GREEDY))
+    chunks = list(client.chat.completions.create(model=MODEL, messages=CONVERSATION[-1:], max_tokens=30,
+                                                 temperature=0, stream=True))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_chat_n_and_max_completion_tokens(client):
+    got = client.chat.completions.create(model=MODEL, messages=CONVERSATION, max_completion_tokens=5, n=2, seed=3)
+    assert [c.index for c in got.choices] == [0, 1]
+    assert got.usage.completion_tokens <= 10
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [([], "messages"), ([{"role": "robot", "content": "hi"}], "messages.0.role")],
+)
+def test_chat_bad_messages_are_400(client, messages, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+    assert _error(e.value)["param"] == param
+
+
+def test_chat_too_long_is_400(client):
+    long = [{"role": "user", "content": "hello there " * 200}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=long, max_tokens=4)
+    assert _error(e.value)["code"] == "context_length_exceeded"
