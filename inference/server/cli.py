@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"serving {server.model_name!r} on http://{args.host}:{args.port} (chat page at /)", file=sys.stderr)
     try:
+        # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again: Ctrl-C ends up below.
         uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning")
+    except KeyboardInterrupt:
+        return 130
     finally:
         server.engine.close()
     return 0
