@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -28,7 +28,7 @@ from inference.server.engine import Engine, EngineOverloaded, Failed, Finished, 
 from inference.server.protocol import ChatRequest, CompletionRequest, error_body, new_id, now, usage
 
 PAGE = Path(__file__).with_name("static") / "index.html"
-DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+DISCONNECT_POLL_S = 0.25  # how long a request waits for an event before checking that its client is still there
 
 
 class APIError(Exception):
@@ -74,6 +74,7 @@ class Server:
     # ---- checks --------------------------------------------------------------------------------------------
 
     def check_key(self, request: Request) -> None:
+        """401 unless the request carries the API key (when one is set); runs before the body is validated."""
         if self.api_key is None:
             return
         header = request.headers.get("authorization", "")
@@ -143,12 +144,13 @@ class Server:
 # ---- events -> answers ----------------------------------------------------------------------------------------
 
 
-def _submit(engine: Engine, specs: list[SeqSpec], request: Request, watch: bool) -> AsyncIterator[Any]:
+def _submit(engine: Engine, specs: list[SeqSpec], request: Request) -> AsyncIterator[Any]:
     """Submit the sequences now (a full engine answers 503 before any response starts) and return their events.
 
-    The events stop early, cancelling the request, if the client disconnects: `watch` polls for that (a plain
-    JSON answer); a stream notices it when a write fails and closes the iterator. Cleanup always cancels: after
-    the request finished that is a no-op."""
+    The events stop early, cancelling the request, when the client disconnects: checked whenever no event came
+    for DISCONNECT_POLL_S, so a client waiting in the queue or behind a long prefill is noticed too (a stream
+    also ends when a write to a departed client fails). Cleanup always cancels: after the request finished
+    that is a no-op."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -165,15 +167,12 @@ def _submit(engine: Engine, specs: list[SeqSpec], request: Request, watch: bool)
         try:
             remaining = len(specs)
             while remaining:
-                if watch:
-                    try:
-                        event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
-                    except asyncio.TimeoutError:
-                        if await request.is_disconnected():
-                            return
-                        continue
-                else:
-                    event = await queue.get()
+                try:
+                    event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
                 if isinstance(event, Finished):
                     remaining -= 1
                 yield event
@@ -199,7 +198,7 @@ async def answer(server: Server, job: Job, request: Request) -> JSONResponse:
     """The whole answer as one JSON object."""
     texts, reasons = [""] * len(job.specs), [None] * len(job.specs)
     completion_tokens = 0
-    async for event in _submit(server.engine, job.specs, request, watch=True):
+    async for event in _submit(server.engine, job.specs, request):
         if isinstance(event, Piece):
             texts[event.index] += event.text
         elif isinstance(event, Finished):
@@ -217,7 +216,7 @@ async def answer(server: Server, job: Job, request: Request) -> JSONResponse:
 
 async def stream(server: Server, job: Job, request: Request) -> StreamingResponse:
     """Server-sent events: one chunk per piece of text, a last chunk per choice with its finish_reason."""
-    events = _submit(server.engine, job.specs, request, watch=False)
+    events = _submit(server.engine, job.specs, request)
     chat = job.kind == "chat.completion"
     base = {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion.chunk" if chat else job.kind,
             "created": now(), "model": server.model_name}
@@ -273,25 +272,21 @@ def create_app(server: Server) -> FastAPI:
         message = f"unknown route {request.method} {request.url.path}" if e.status_code == 404 else str(e.detail)
         return JSONResponse(error_body(message, "invalid_request_error"), status_code=e.status_code)
 
-    def handle(make_job: Callable[[Any], Job]) -> Callable:
-        async def route(body: Any, request: Request):
-            server.check_key(request)
-            job = make_job(body)
-            return await (stream if job.stream else answer)(server, job, request)
+    async def respond(job: Job, request: Request):
+        return await (stream if job.stream else answer)(server, job, request)
 
-        return route
+    key = [Depends(server.check_key)]
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=key)
     async def completions(body: CompletionRequest, request: Request):
-        return await handle(server.completion_job)(body, request)
+        return await respond(server.completion_job(body), request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=key)
     async def chat_completions(body: ChatRequest, request: Request):
-        return await handle(server.chat_job)(body, request)
+        return await respond(server.chat_job(body), request)
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        server.check_key(request)
+    @app.get("/v1/models", dependencies=key)
+    async def models():
         return {"object": "list", "data": [
             {"id": server.model_name, "object": "model", "created": 0, "owned_by": "mini-llm"}
         ]}

@@ -112,7 +112,7 @@ class Engine:
         self.device = model.tok_embeddings.weight.device
         self._waiting: deque[tuple[Ticket, int]] = deque()  # (ticket, choice index), admitted in order
         self._active: list[_Seq] = []  # slot i holds self._active[i]
-        self._admitting = 0  # sequences taken from the queue whose prefill has not joined _active yet
+        self._admitting: list[tuple[Ticket, int]] = []  # taken from the queue, prefill not yet in _active
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -138,9 +138,14 @@ class Engine:
 
     def submit(self, specs: Sequence[SeqSpec], emit: Callable[[Event], None]) -> Ticket:
         """Queue a request's sequences; raise EngineOverloaded if they do not fit in the free slots + queue."""
+        limit = self.model.cfg.max_seq_len
+        for spec in specs:  # the API checks these first; a bad one here is a caller's bug
+            if not spec.prompt or spec.max_new_tokens < 1 or len(spec.prompt) + spec.max_new_tokens > limit:
+                raise ValueError(f"a prompt of {len(spec.prompt)} tokens + max_new_tokens {spec.max_new_tokens} "
+                                 f"must be 1..{limit} tokens with at least one of each")
         ticket = Ticket(list(specs), emit)
         with self._cond:
-            load = len(self._active) + self._admitting + len(self._waiting)
+            load = len(self._active) + len(self._admitting) + len(self._waiting)
             if load + len(specs) > self.max_batch + self.max_queue:
                 raise EngineOverloaded(
                     f"server overloaded: {len(self._active)} requests running and {len(self._waiting)} waiting"
@@ -156,10 +161,12 @@ class Engine:
             self._cond.notify_all()
 
     def load(self) -> dict[str, int]:
-        """Sequences running and waiting now."""
+        """Sequences running (cancelled ones excluded: they leave before the next step) and waiting now."""
         with self._cond:
-            running = len(self._active) + self._admitting
-            return {"running": running, "waiting": len(self._waiting), "slots": self.max_batch}
+            running = sum(not s.ticket.cancelled for s in self._active)
+            running += sum(not ticket.cancelled for ticket, _ in self._admitting)
+            waiting = sum(not ticket.cancelled for ticket, _ in self._waiting)
+            return {"running": running, "waiting": waiting, "slots": self.max_batch}
 
     # ---- the scheduler thread ----------------------------------------------------------------------------------
 
@@ -173,7 +180,7 @@ class Engine:
                     return
                 self._waiting = deque(w for w in self._waiting if not w[0].cancelled)
                 admitted = [self._waiting.popleft() for _ in range(min(len(self._waiting), self._free_slots()))]
-                self._admitting = len(admitted)
+                self._admitting = admitted
             try:
                 self._remove([i for i, s in enumerate(self._active) if s.ticket.cancelled])
                 if admitted:
@@ -186,7 +193,7 @@ class Engine:
                     ticket.emit(Failed(f"internal error: {type(e).__name__}: {e}"))
                 with self._cond:
                     self._active.clear()
-                    self._admitting = 0
+                    self._admitting = []
 
     def _free_slots(self) -> int:
         return self.max_batch - sum(not s.ticket.cancelled for s in self._active)  # cancelled: removed next
@@ -228,7 +235,7 @@ class Engine:
             s.length = n
         with self._cond:
             self._active.extend(seqs)
-            self._admitting = 0
+            self._admitting = []
         self._advance(range(first, first + len(seqs)), logits)
 
     def _decode(self) -> None:
@@ -255,8 +262,9 @@ class Engine:
         done = []
         for slot, token in zip(slots, self._choose(slots, logits), strict=True):
             s = self._active[slot]
-            if s.ticket.cancelled:
-                continue  # removed before the next step
+            if s.ticket.cancelled:  # its client left during the step
+                done.append(slot)
+                continue
             if token in s.spec.stop_ids:
                 piece = s.stream.finish("stop")
             else:

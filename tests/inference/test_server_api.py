@@ -163,24 +163,48 @@ def test_prompt_too_long_is_400_context_length_exceeded(client, reference):
     assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
 
 
-def test_overloaded_is_503_at_once_and_a_closed_stream_frees_its_slot(random_ckpt):
-    with running_server(random_ckpt, max_batch=1, max_queue=0, api_key=None) as running:
+def test_overloaded_is_503_at_once(random_ckpt):
+    with running_server(random_ckpt, max_batch=1, max_queue=1, api_key=None) as running:
         url = running.url
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
-        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 80, "stream": True}
-        running.gate.clear()  # the scheduler holds the first request in its only slot
-        with httpx.stream("POST", f"{url}/v1/completions", json=body) as first:
-            while httpx.get(f"{url}/health").json()["running"] == 0:
-                time.sleep(0.01)
+        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 40, "stream": True}
+        running.gate.clear()  # the scheduler holds the first request in the only slot
+        with httpx.stream("POST", f"{url}/v1/completions", json=body) as first, \
+                httpx.stream("POST", f"{url}/v1/completions", json=body) as second:  # waits in the queue
+            assert first.status_code == second.status_code == 200
+            deadline = time.monotonic() + 10
+            while (load := httpx.get(f"{url}/health").json())["running"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the scheduler has taken the first one (then it waits at the gate)
+            assert load == {"status": "ok", "running": 1, "waiting": 1, "slots": 1}
             with pytest.raises(openai.InternalServerError) as e:
                 client.completions.create(model=MODEL, prompt="Hello", max_tokens=2)
             assert e.value.status_code == 503 and _error(e.value)["code"] == "overloaded"
             running.gate.set()
-            assert first.status_code == 200
-            next(first.iter_lines())
-        # The client left mid-stream: its slot is freed at once and the next request is served.
-        assert wait_idle(url)["running"] == 0
+            assert [line for line in first.iter_lines() if line][-1] == "data: [DONE]"
+            assert [line for line in second.iter_lines() if line][-1] == "data: [DONE]"
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_a_departed_client_frees_its_slot_at_once(random_ckpt, stream):
+    with running_server(random_ckpt, max_batch=1, max_queue=0, api_key=None) as running:
+        url, engine = running.url, running.engine
+        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 80, "stream": stream}
+        running.gate.clear()  # hold the request in its slot (inside its prefill): no token reaches the client
+        # The client gives up and closes its connection.
+        with pytest.raises(httpx.ReadTimeout), httpx.stream("POST", f"{url}/v1/completions", json=body,
+                                                            timeout=1.0) as r:
+            for _ in r.iter_lines():
+                pass
+        assert wait_idle(url) == {"status": "ok", "running": 0, "waiting": 0, "slots": 1}
+        running.gate.set()
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
         assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).choices[0].finish_reason
+        assert engine.steps <= 1  # the departed request never decoded; the 2-token one took one step at most
+
+
+def test_the_key_is_checked_before_the_body(url):
+    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "temperature": 9}, headers={"Authorization": "x"})
+    assert r.status_code == 401
 
 
 # ---- chat ------------------------------------------------------------------------------------------------------
