@@ -26,6 +26,7 @@ from model import Transformer
 from Tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+PREFILL_TOKENS = 2048  # padded prompt tokens prefilled together at most (the logits alone are this x vocab floats)
 
 
 class EngineOverloaded(Exception):
@@ -179,7 +180,7 @@ class Engine:
                 if self._closing:
                     return
                 self._waiting = deque(w for w in self._waiting if not w[0].cancelled)
-                admitted = [self._waiting.popleft() for _ in range(min(len(self._waiting), self._free_slots()))]
+                admitted = self._take(self._free_slots())
                 self._admitting = admitted
             try:
                 self._remove([i for i, s in enumerate(self._active) if s.ticket.cancelled])
@@ -194,6 +195,18 @@ class Engine:
                 with self._cond:
                     self._active.clear()
                     self._admitting = []
+
+    def _take(self, free: int) -> list[tuple[Ticket, int]]:
+        """The next waiting sequences for up to `free` slots, in order, while their padded prefill stays within
+        PREFILL_TOKENS (one always goes): bounds the prefill's memory and the pause it adds to the running ones."""
+        taken, longest = [], 0
+        while self._waiting and len(taken) < free:
+            ticket, index = self._waiting[0]
+            longest = max(longest, len(ticket.specs[index].prompt))
+            if taken and (len(taken) + 1) * longest > PREFILL_TOKENS:
+                break
+            taken.append(self._waiting.popleft())
+        return taken
 
     def _free_slots(self) -> int:
         return self.max_batch - sum(not s.ticket.cancelled for s in self._active)  # cancelled: removed next

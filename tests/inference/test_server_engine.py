@@ -11,6 +11,7 @@ import time
 import pytest
 
 from inference import Generator, SamplingParams
+from inference.server import engine as engine_module
 from inference.server.engine import EngineOverloaded, Failed, Finished, Piece, SeqSpec
 from tests.inference.serving import served_engine
 
@@ -70,8 +71,11 @@ def test_greedy_alone_equals_generator(generator, engine):
         assert got.reasons[0] == ("length" if want.finish_reason == "length" else "stop")
 
 
-def test_greedy_under_concurrency_equals_generator(generator, engine):
+@pytest.mark.parametrize("prefill_tokens", [engine_module.PREFILL_TOKENS, 12], ids=["one_prefill", "budget"])
+def test_greedy_under_concurrency_equals_generator(generator, engine, monkeypatch, prefill_tokens):
     # 6 requests of different lengths on 4 slots: some wait, and each joins the batch mid-way through the others.
+    # A small prefill budget admits the waiting ones a few at a time.
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", prefill_tokens)
     lengths = [30, 7, 19, 12, 25, 3]
     wants = [generator.generate(p, n, GREEDY)[0].text for p, n in zip(PROMPTS, lengths, strict=True)]
     collectors = [Collector(1) for _ in PROMPTS]
