@@ -3,14 +3,22 @@
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from core import cli
+
 
 def main() -> int:
-    """Put the repo root on sys.path and hand over to inference.server.cli."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from inference.server.cli import main as cli_main
+    """Hand over to inference.server.cli, imported under cli.run so that a Ctrl-C while torch imports exits
+    quietly."""
+    def start() -> int:
+        from inference.server.cli import main as serve
 
-    return cli_main()
+        return serve()
+
+    return cli.run(start)
 
 
 if __name__ == "__main__":
+    cli.quiet_interrupts()
     sys.exit(main())

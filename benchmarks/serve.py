@@ -39,8 +39,8 @@ import torch  # noqa: E402
 
 from benchmarks.common import environment, print_table, write_result  # noqa: E402
 from model import Transformer  # noqa: E402
+from model.checkpoint import save_model_checkpoint  # noqa: E402
 from Tokenizer import train_tokenizer  # noqa: E402
-from train.checkpoint import save_model_checkpoint  # noqa: E402
 from train.config import load_config  # noqa: E402
 
 MODES = {"continuous": 32, "sequential": 1}  # mode -> --max-batch
@@ -73,7 +73,7 @@ def random_checkpoint(config: str, tmp: Path) -> Path:
     corpus = [" ".join(rng.choice(WORDS) for _ in range(300)) for _ in range(600)]
     train_tokenizer(corpus, cfg.model.vocab_size, tmp / "tokenizer", progress=False)
     torch.manual_seed(0)
-    return save_model_checkpoint(tmp / "ckpt", Transformer(cfg.model), cfg, tmp / "tokenizer")
+    return save_model_checkpoint(tmp / "ckpt", Transformer(cfg.model), tmp / "tokenizer")
 
 
 def free_port() -> int:
