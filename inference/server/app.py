@@ -28,7 +28,8 @@ from inference.server.engine import Engine, EngineOverloaded, Failed, Finished, 
 from inference.server.protocol import ChatRequest, CompletionRequest, error_body, new_id, now, usage
 
 PAGE = Path(__file__).with_name("static") / "index.html"
-DISCONNECT_POLL_S = 0.25  # how long a request waits for an event before checking that its client is still there
+DISCONNECT_POLL_S = 0.25  # how often a request checks that its client is still there
+_GONE = object()  # put in a request's event queue when its client has disconnected
 
 
 class APIError(Exception):
@@ -147,10 +148,10 @@ class Server:
 def _submit(engine: Engine, specs: list[SeqSpec], request: Request) -> AsyncIterator[Any]:
     """Submit the sequences now (a full engine answers 503 before any response starts) and return their events.
 
-    The events stop early, cancelling the request, when the client disconnects: checked whenever no event came
-    for DISCONNECT_POLL_S, so a client waiting in the queue or behind a long prefill is noticed too (a stream
-    also ends when a write to a departed client fails). Cleanup always cancels: after the request finished
-    that is a no-op."""
+    The events stop early, cancelling the request, when the client disconnects: a watcher checks every
+    DISCONNECT_POLL_S, so a client waiting in the queue or behind a long prefill is noticed too (a stream also
+    ends when a write to a departed client fails). Cleanup always cancels: after the request finished that is a
+    no-op."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -163,22 +164,26 @@ def _submit(engine: Engine, specs: list[SeqSpec], request: Request) -> AsyncIter
     except EngineOverloaded as e:
         raise APIError(503, f"{e}; retry later", "server_error", code="overloaded") from None
 
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        queue.put_nowait(_GONE)
+
     async def events() -> AsyncIterator[Any]:
+        watcher = asyncio.create_task(watch())
         try:
             remaining = len(specs)
             while remaining:
-                try:
-                    event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
+                event = await queue.get()
+                if event is _GONE:
+                    return
                 if isinstance(event, Finished):
                     remaining -= 1
                 yield event
                 if isinstance(event, Failed):
                     return
         finally:
+            watcher.cancel()
             engine.cancel(ticket)
 
     return events()
