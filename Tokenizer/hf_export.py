@@ -14,6 +14,15 @@ Tokenizer.encode() does. Merges are derived from the piece scores (SentencePiece
 Special tokens are never matched inside text (split_special_tokens=True): the string "</s>" in a document is
 text, as it is for SentencePiece. The post-processor adds nothing; append `eos_token_id` yourself where a
 document ends, as the training data does.
+
+A tokenizer with chat markers also gets the chat template (saved as chat_template.jinja), so that
+`apply_chat_template(messages, add_generation_prompt=True, tokenize=True)` gives the ids of Tokenizer/chat.py.
+transformers finds the markers in the rendered text by matching them as added tokens; split_special_tokens
+would split special tokens there, so the markers are added as non-special tokens, which it always matches.
+Two consequences differ from our tokenizer, where text never becomes a marker: a plain `hf(text)` turns the
+string "<|user|>" inside a text into the marker, and so does apply_chat_template for a message that contains
+it unless called with `sanitize_control_tokens=True` (the markers are listed in `chat_control_tokens`);
+`decode(..., skip_special_tokens=True)` keeps the markers' text, where our decode() drops it.
 """
 
 from __future__ import annotations
@@ -22,8 +31,10 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from Tokenizer.chat import chat_template
 from Tokenizer.tokenizer import (
     BOS_ID,
+    CHAT_TOKENS,
     EOS_ID,
     MODEL_FILE,
     PAD_ID,
@@ -59,7 +70,7 @@ def _vocab_and_merges(sp: spm.SentencePieceProcessor) -> tuple[dict[str, int], l
 
 def export_hf_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> None:
     """Write tokenizer.json and tokenizer_config.json into out_dir for transformers.AutoTokenizer.from_pretrained."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -75,6 +86,10 @@ def export_hf_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> None:
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(" +[^ ]*|[^ ]+"), behavior="isolated")
     hf.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")  # no BOS/EOS added
     hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    chat = {}
+    if tokenizer.has_chat_tokens:  # the markers keep their ids: they are already in the vocabulary
+        hf.add_tokens([AddedToken(marker, special=False, normalized=False) for marker in CHAT_TOKENS])
+        chat = {"chat_template": chat_template(tokenizer), "chat_control_tokens": list(CHAT_TOKENS)}
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,4 +101,5 @@ def export_hf_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> None:
         pad_token=pad,
         split_special_tokens=True,  # "</s>" inside a text is text, as in SentencePiece
         clean_up_tokenization_spaces=False,  # decode must not touch spaces
+        **chat,
     ).save_pretrained(str(out_dir))

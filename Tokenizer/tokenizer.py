@@ -19,7 +19,15 @@ import sentencepiece as spm
 from core.errors import DataError
 
 MODEL_FILE = "tokenizer.model"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # the chat template, beside tokenizer.model (see Tokenizer/chat.py)
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+# Chat markers: SentencePiece control symbols, which encode() never produces (the string "<|user|>" in a text is
+# text, spelled with ordinary pieces); only the chat template inserts their ids. End of turn is its own id, apart
+# from the end-of-document EOS of pretraining.
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+END_OF_TURN = "<|end_of_turn|>"
+CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
+ADD_CHAT_TOKENS_HINT = "add them with `python scripts/add_chat_tokens.py --checkpoint CKPT --out NEW_CKPT`"
 SPACE_MARKER = "\u2581"  # SentencePiece's escaped space
 CHUNK_CHARS = 512  # long texts are encoded in pieces of about this many characters (see Tokenizer._chunks)
 _WORD_START = re.compile(r"(?<=[^ ]) ")  # a space after a non-space: where a new word starts
@@ -46,6 +54,8 @@ class Tokenizer:
         # A literal U+2581 is encoded as its UTF-8 bytes, so it cannot be confused with an escaped space.
         self._marker_ids = [processor.piece_to_id(f"<0x{b:02X}>") for b in SPACE_MARKER.encode()]
         self._cut_at_word_starts = pieces_never_cross_word_starts(processor)
+        found = {piece: processor.piece_to_id(piece) for piece in CHAT_TOKENS}
+        self._chat_ids = found if all(processor.is_control(i) for i in found.values()) else None
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
@@ -143,6 +153,28 @@ class Tokenizer:
     def unk_id(self) -> int:
         """Unknown-piece id (0); never produced by encode() thanks to byte fallback."""
         return UNK_ID
+
+    @property
+    def has_chat_tokens(self) -> bool:
+        """True when the model holds the chat markers (CHAT_TOKENS) as control symbols."""
+        return self._chat_ids is not None
+
+    @property
+    def chat_token_ids(self) -> dict[str, int]:
+        """Id of every chat marker (CHAT_TOKENS); a DataError saying how to add them when the model has none."""
+        if self._chat_ids is None:
+            raise DataError(f"tokenizer {self._directory} has no chat tokens ({', '.join(CHAT_TOKENS)}); "
+                            f"{ADD_CHAT_TOKENS_HINT}, then fine-tune on conversations")
+        return dict(self._chat_ids)
+
+    @property
+    def end_of_turn_id(self) -> int:
+        """Id of <|end_of_turn|>, which closes every chat message (distinct from the end-of-document eos_id)."""
+        return self.chat_token_ids[END_OF_TURN]
+
+    def role_id(self, role: str) -> int:
+        """Id of the marker that opens a message of `role` ("system", "user" or "assistant")."""
+        return self.chat_token_ids[ROLE_TOKENS[role]]
 
     @property
     def vocab_size(self) -> int:

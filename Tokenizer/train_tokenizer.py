@@ -30,10 +30,20 @@ from core import cli
 from core.atomic import atomic_directory
 from core.errors import ConfigError, DataError
 from core.sources import iter_documents
-from Tokenizer.tokenizer import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID, UNK_ID, Tokenizer
+from Tokenizer.chat import DEFAULT_TEMPLATE
+from Tokenizer.tokenizer import (
+    BOS_ID,
+    CHAT_TEMPLATE_FILE,
+    CHAT_TOKENS,
+    EOS_ID,
+    MODEL_FILE,
+    PAD_ID,
+    UNK_ID,
+    Tokenizer,
+)
 
 META_FILE = "meta.json"
-N_SPECIAL = 4  # unk, bos, eos, pad
+N_SPECIAL = 4 + len(CHAT_TOKENS)  # unk, bos, eos, pad and the chat markers
 MIN_VOCAB_SIZE = N_SPECIAL + 256 + 64  # specials + one piece per byte + room for characters and merges
 # SentencePiece drops training sentences longer than max_sentence_length bytes; longer documents are cut into
 # pieces of at most this size instead, so no text is lost from the sample.
@@ -86,7 +96,7 @@ def sample_texts(texts: Iterable[str], max_bytes: int, progress: bool = True) ->
     return sentences, total
 
 
-def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: bool) -> bytes:
+def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: bool, chat_tokens: bool) -> bytes:
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -106,6 +116,9 @@ def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: boo
         bos_id=BOS_ID,
         eos_id=EOS_ID,
         pad_id=PAD_ID,
+        # Control symbols, unlike user-defined ones, are never matched inside text: only the chat template
+        # inserts them (ids 4-7, before the byte pieces).
+        control_symbols=list(CHAT_TOKENS) if chat_tokens else [],
         num_threads=os.cpu_count() or 1,
         minloglevel=1 if progress else 2,  # SentencePiece's INFO log is long; keep its warnings when asked
     )
@@ -115,7 +128,7 @@ def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: boo
 def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write `files` into a temporary sibling of out_dir and rename it into place, replacing an older tokenizer."""
     if out_dir.exists():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in files)
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in {*files, CHAT_TEMPLATE_FILE})
         if foreign:
             raise DataError(f"{out_dir} exists and holds files that are not a tokenizer ({', '.join(foreign[:3])}); "
                             "choose a new or empty directory")
@@ -131,13 +144,15 @@ def train_tokenizer(
     sample_mb: float = 64,
     seed: int = 0,
     progress: bool = True,
+    chat_tokens: bool = True,
 ) -> Tokenizer:
     """Train a byte-fallback SentencePiece BPE model on the first `sample_mb` MB of `texts` and write it to
-    out_dir/tokenizer.model (plus meta.json) atomically; returns the loaded Tokenizer."""
+    out_dir/tokenizer.model (plus meta.json and the chat template) atomically; returns the loaded Tokenizer.
+    chat_tokens=False leaves out the chat markers and template, as tokenizers were before chat support."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(
-            f"vocab_size {vocab_size} is too small: byte fallback takes {N_SPECIAL} special ids + 256 byte pieces, "
-            f"and characters and merges need room too; use at least {MIN_VOCAB_SIZE}"
+            f"vocab_size {vocab_size} is too small: {N_SPECIAL} special ids (chat markers included) + 256 byte "
+            f"pieces are reserved, and characters and merges need room too; use at least {MIN_VOCAB_SIZE}"
         )
     if sample_mb <= 0:
         raise ConfigError(f"sample_mb must be positive, got {sample_mb}")
@@ -147,7 +162,7 @@ def train_tokenizer(
     if progress:
         print(f"training a {vocab_size}-token BPE tokenizer on {n_bytes / MB:.1f} MB of text", file=sys.stderr)
     try:
-        model = _train_model(sentences, vocab_size, seed, progress)
+        model = _train_model(sentences, vocab_size, seed, progress, chat_tokens)
     except RuntimeError as e:
         # SentencePiece raises RuntimeError for settings the text cannot satisfy (a vocab too large for the text,
         # or too small for its characters); keep its message without the C++ source location in front.
@@ -158,13 +173,17 @@ def train_tokenizer(
         "vocab_size": vocab_size,
         "model_type": "bpe",
         "special_ids": {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID},
+        "chat_tokens": list(CHAT_TOKENS) if chat_tokens else [],
         "sample_bytes": n_bytes,
         "sample_sentences": len(sentences),
         "seed": seed,
         "sentencepiece_version": spm.__version__,
     }
     out_dir = Path(out_dir)
-    _write_atomically(out_dir, {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode()})
+    files = {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode()}
+    if chat_tokens:
+        files[CHAT_TEMPLATE_FILE] = DEFAULT_TEMPLATE.read_bytes()
+    _write_atomically(out_dir, files)
     return Tokenizer.load(out_dir)
 
 

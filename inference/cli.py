@@ -12,6 +12,7 @@ import time
 import warnings
 
 from core import cli
+from core.errors import DataError
 from inference.errors import GenerationError
 from inference.generator import DEFAULT_MAX_NEW_TOKENS, Generator
 from inference.sampling import SamplingParams
@@ -24,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a training run's out_dir (latest)")
     p.add_argument("--prompt", help="prompt text; '-' reads it from stdin (one trailing newline dropped)")
     p.add_argument("--interactive", action="store_true", help="read prompts in a loop (empty line or EOF quits)")
+    p.add_argument("--chat", action="store_true",
+                   help="multi-turn chat through the tokenizer's chat template (empty line or EOF quits); with "
+                        "--prompt, answer that one message and exit")
+    p.add_argument("--system", help="system message for --chat")
     p.add_argument("--bos", action="store_true", help="start the prompt with the BOS token (allows an empty prompt)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens to generate at most")
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
@@ -93,13 +98,71 @@ def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingPar
             print(f"error: {e}", file=sys.stderr)
 
 
+def _reply(gen: Generator, messages: list[dict], args: argparse.Namespace, sampling: SamplingParams) -> str:
+    """Stream the assistant's reply to stdout, a speed line to stderr; return the reply."""
+    start = time.perf_counter()
+    for piece in gen.chat(messages, args.max_new_tokens, sampling, args.stop, args.seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    seconds = time.perf_counter() - start
+    done = gen.last[0]
+    n = len(done.token_ids)
+    print(flush=True)
+    reason = "end of turn" if done.finish_reason == "eos" else done.finish_reason
+    print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, stopped by {reason}]",
+          file=sys.stderr, flush=True)
+    return done.text
+
+
+def _chat(gen: Generator, prompt: str | None, args: argparse.Namespace, sampling: SamplingParams) -> None:
+    """Answer `prompt`, or hold a conversation read line by line from stdin (history kept across turns)."""
+    if not gen.tokenizer.has_chat_tokens:
+        raise DataError(
+            f"the tokenizer of {args.checkpoint} has no chat tokens, so this model was not trained to chat: add them "
+            f"with `python scripts/add_chat_tokens.py --checkpoint {args.checkpoint} --out NEW_DIR`, fine-tune "
+            "NEW_DIR on conversations, then chat with that checkpoint"
+        )
+    messages = [{"role": "system", "content": args.system}] if args.system is not None else []
+    if prompt is not None:
+        _reply(gen, [*messages, {"role": "user", "content": prompt}], args, sampling)
+        return
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return
+        if not line:
+            return
+        try:
+            reply = _reply(gen, [*messages, {"role": "user", "content": line}], args, sampling)
+        except GenerationError as e:  # a message that cannot fit does not end the conversation
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        messages += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
+
+
+def _check_chat_flags(args: argparse.Namespace) -> None:
+    if args.system is not None and not args.chat:
+        raise GenerationError("--system needs --chat")
+    if args.chat:
+        clash = [flag for flag, on in (("--interactive", args.interactive), ("--bos", args.bos),
+                                       ("--num-samples", args.num_samples != 1)) if on]
+        if clash:
+            raise GenerationError(f"{clash[0]} does not apply to --chat (which is interactive already)")
+
+
 def run(args: argparse.Namespace) -> None:
     """Everything run_inference.py does, after parsing."""
     sampling = _sampling(args)
     if args.num_samples < 1:
         raise GenerationError(f"--num-samples must be >= 1, got {args.num_samples}")
-    prompt = _read_prompt(args)
+    _check_chat_flags(args)
+    prompt = None if args.chat and args.prompt is None else _read_prompt(args)
     gen = Generator.from_checkpoint(args.checkpoint, args.device, args.dtype, args.compile, not args.no_kv_cache)
+    if args.chat:
+        _chat(gen, prompt, args, sampling)
+        return
     if prompt is not None:
         _stream_samples(gen, prompt, args, sampling)
     if args.interactive:

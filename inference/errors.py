@@ -10,3 +10,8 @@ class GenerationError(UserError):
 
 class PromptTruncatedWarning(UserWarning):
     """The prompt plus max_new_tokens did not fit in max_seq_len, so the prompt lost tokens on the left."""
+
+
+class HistoryTruncatedWarning(PromptTruncatedWarning):
+    """A chat history did not fit in max_seq_len with max_new_tokens, so its oldest turns were dropped (never a
+    system message, never the last message)."""

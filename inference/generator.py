@@ -8,7 +8,7 @@ is a GenerationError.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch
 
 from core.device import resolve_device, resolve_dtype
 from core.errors import CheckpointError
+from inference.chat import fit_chat, reply_end_ids
 from inference.decode import DecodeStep, generate_tokens, left_pad
 from inference.errors import GenerationError, PromptTruncatedWarning
 from inference.sampling import Sampler, SamplingParams
@@ -34,7 +35,7 @@ class Completion:
 
     text: str  # the continuation (stop string and EOS not included)
     token_ids: list[int]  # its tokens (EOS not included; tokens that spelled a stop string are)
-    finish_reason: str  # "eos", "stop" (a stop string) or "length" (max_new_tokens)
+    finish_reason: str  # "eos" (EOS; in chat() also <|end_of_turn|>), "stop" (a stop string) or "length"
     prompt_tokens: int  # prompt length after any truncation
 
 
@@ -85,14 +86,18 @@ class Generator:
             raise GenerationError("the prompt is empty: give some text, or start from the BOS token (--bos)")
         return ids
 
-    def fit(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        """Apply the length rule: keep the last max_seq_len - max_new_tokens ids, warning when that cuts."""
+    def check_max_new_tokens(self, max_new_tokens: int) -> None:
+        """A GenerationError unless 1 <= max_new_tokens < max_seq_len."""
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if max_new_tokens >= self.max_seq_len:
             raise GenerationError(
                 f"max_new_tokens ({max_new_tokens}) must be less than the model's max_seq_len ({self.max_seq_len})"
             )
+
+    def fit(self, ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Apply the length rule: keep the last max_seq_len - max_new_tokens ids, warning when that cuts."""
+        self.check_max_new_tokens(max_new_tokens)
         room = self.max_seq_len - max_new_tokens
         if len(ids) > room:
             warnings.warn(
@@ -155,19 +160,21 @@ class Generator:
         return [self.fit(self.encode(p, bos), max_new_tokens) for p in prompts]
 
     def _run(
-        self, ids: list[list[int]], max_new_tokens: int, sampling: SamplingParams, stop: Sequence[str], seed: int
+        self, ids: list[list[int]], max_new_tokens: int, sampling: SamplingParams, stop: Sequence[str], seed: int,
+        end_ids: frozenset[int] | None = None,
     ) -> Iterator[list[str]]:
-        """Yield the new text of every row after each step (then once more for what finishing releases)."""
+        """Yield the new text of every row after each step (then once more for what finishing releases); a row
+        ends at a token of end_ids (default: EOS), with finish_reason "eos"."""
         streams = [TextStream(self.tokenizer.decode, row, stop) for row in ids]
         steps = self.token_steps(ids, max_new_tokens, sampling, seed)
-        eos = self.tokenizer.eos_id
+        end = frozenset({self.tokenizer.eos_id}) if end_ids is None else end_ids
         try:
             for new in steps:
                 pieces = []
                 for stream, token in zip(streams, new.tolist(), strict=True):
                     if stream.done:
                         pieces.append("")
-                    elif token == eos:
+                    elif token in end:
                         pieces.append(stream.finish("eos"))
                     else:
                         pieces.append(stream.push(token))
@@ -194,6 +201,27 @@ class Generator:
         the pieces joined are self.last[0].text once the iterator is exhausted."""
         ids = self._prepare([prompt], max_new_tokens, sampling, stop, bos)
         return (pieces[0] for pieces in self._run(ids, max_new_tokens, sampling, stop, seed) if pieces[0])
+
+    def chat(
+        self,
+        messages: Sequence[Mapping],
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        sampling: SamplingParams = GREEDY,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> Iterator[str]:
+        """Yield the assistant's reply to a conversation ([{"role": "system"|"user"|"assistant", "content": str},
+        ...], rendered by the tokenizer's chat template) piece by piece, like stream(): it ends at
+        <|end_of_turn|> (finish_reason "eos"), a stop string or max_new_tokens, and self.last[0] holds it.
+        A history too long for the context loses its oldest turns (HistoryTruncatedWarning), never a system
+        message. Bad input raises here, before the first piece."""
+        sampling.validate()
+        if any(not s for s in stop):
+            raise GenerationError("stop strings must be non-empty")
+        self.check_max_new_tokens(max_new_tokens)
+        ids = [fit_chat(self.tokenizer, messages, max_new_tokens, self.max_seq_len)]
+        pieces = self._run(ids, max_new_tokens, sampling, stop, seed, reply_end_ids(self.tokenizer))
+        return (p[0] for p in pieces if p[0])
 
     def generate(
         self,

@@ -38,10 +38,12 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None = None,
         kv_len: int | None = None,
+        cache_rows: slice | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, dim) at `positions` (T,). With a KV cache, `mask` says which of the first `kv_len`
-        cached keys each query sees; without one, attention is over the T inputs, causal when `mask` is None,
-        else exactly as `mask` (B, 1, T, T) allows (causal and padding combined by the caller)."""
+        """x: (B, T, dim) at `positions`, (T,) or (B, T) per row. With a KV cache (its rows `cache_rows`,
+        default the first B), `mask` says which of the first `kv_len` cached keys each query sees; without one,
+        attention is over the T inputs, causal when `mask` is None, else exactly as `mask` (B, 1, T, T) allows
+        (causal and padding combined by the caller)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
@@ -58,7 +60,7 @@ class Attention(nn.Module):
             )
         else:
             # Never is_causal here: with T queries against kv_len keys the causal corner would be wrong.
-            k, v = self.kv_cache.update(positions, k, v)  # (B, n_kv_heads, max_len, head_dim)
+            k, v = self.kv_cache.update(positions, k, v, cache_rows)  # (B, n_kv_heads, max_len, head_dim)
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]
             # No repeat_kv over the cache (a copy of every cached key and value per step): the n_rep query heads
             # that share kv head g (heads g * n_rep + r, as in repeat_kv) become n_rep * T queries of head g.

@@ -27,8 +27,8 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, positions, mask=None, kv_len=None) -> torch.Tensor:
-        h = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, positions, mask, kv_len))
+    def forward(self, x, cos, sin, positions, mask=None, kv_len=None, cache_rows=None) -> torch.Tensor:
+        h = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, positions, mask, kv_len, cache_rows))
         return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -92,6 +92,11 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None
 
+    def move_cache_row(self, src: int, dst: int) -> None:
+        """Copy cache row src over row dst in every layer (slot compaction in a continuous-batching server)."""
+        for layer in self.layers:
+            layer.attention.kv_cache.move_row(src, dst)
+
     @property
     def cache_len(self) -> int | None:
         cache = self.layers[0].attention.kv_cache
@@ -100,27 +105,52 @@ class Transformer(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------------
 
     def forward(
-        self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, key_mask: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        start_pos: int | torch.Tensor = 0,
+        key_mask: torch.Tensor | None = None,
+        cache_rows: slice | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for tokens (B, T) at positions start_pos .. start_pos + T - 1.
 
         Without a cache this is the training forward (causal over the T tokens). With a cache (setup_cache),
         the same call does prefill (T > 1) and decode (T == 1): keys/values are written at their positions and
         each query attends to cached keys at or before its own position. An int start_pos attends to the
-        first start_pos + T cache slots; a tensor start_pos (for compiled decode) attends to the whole cache
-        with masked slots. key_mask, optional, hides key positions per row (left padding): (B, cache_len)
-        with a cache, (B, T) without one. A padding query sees only itself; its logits are meaningless.
+        first start_pos + T cache slots; a 0-dim tensor start_pos (for compiled decode) attends to the whole
+        cache with masked slots. A (B,) tensor start_pos gives every row its own positions (continuous
+        batching: each row is a different request), read back to the host to bound the attended slots.
+        cache_rows (a slice, default the first B rows) picks the cache rows the batch uses. key_mask,
+        optional, hides key positions per row (left padding): (B, cache_len) with a cache, (B, T) without one.
+        A padding query sees only itself; its logits are meaningless.
         """
         T = tokens.shape[1]
         cache_len = self.cache_len
         limit = self.cfg.max_seq_len if cache_len is None else cache_len
-        if isinstance(start_pos, int) and start_pos + T > limit:
+        per_row = isinstance(start_pos, torch.Tensor) and start_pos.dim() == 1
+        if per_row and cache_len is None:
+            raise ValueError("per-row start positions need a KV cache (setup_cache)")
+        if per_row:
+            last = int(start_pos.max()) + T  # the one host sync: attention reads only the slots in use
+            if last > limit:
+                raise ValueError(f"row positions up to {last - 1} exceed the limit of {limit} positions")
+        elif isinstance(start_pos, int) and start_pos + T > limit:
             raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed the limit of {limit} positions")
-        positions = torch.arange(T, device=tokens.device) + start_pos  # (T,)
+        steps = torch.arange(T, device=tokens.device)
+        positions = start_pos[:, None] + steps if per_row else steps + start_pos  # (B, T) per row, else (T,)
         cos, sin = self.rope(positions)
+        if per_row:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, head_dim // 2): broadcast over heads
 
         mask, kv_len = None, None
-        if cache_len is not None:
+        if per_row:
+            kv_len = last
+            key_pos = torch.arange(kv_len, device=tokens.device)
+            mask = key_pos[None, None, :] <= positions[:, :, None]  # (B, T, kv_len): causal per row
+            if key_mask is not None:
+                own = key_pos[None, None, :] == positions[:, :, None]  # as below: no all-masked row
+                mask = (mask & key_mask[:, None, :kv_len]) | own
+            mask = mask[:, None]  # (B, 1, T, kv_len)
+        elif cache_len is not None:
             kv_len = start_pos + T if isinstance(start_pos, int) else cache_len
             key_pos = torch.arange(kv_len, device=tokens.device)
             mask = key_pos[None, :] <= positions[:, None]  # (T, kv_len): explicit causal mask over the cache
@@ -137,7 +167,7 @@ class Transformer(nn.Module):
 
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            h = layer(h, cos, sin, positions, mask, kv_len)
+            h = layer(h, cos, sin, positions, mask, kv_len, cache_rows)
         return self.output(self.norm(h))  # (B, T, vocab_size)
 
     # ---- accounting -------------------------------------------------------------------------------------

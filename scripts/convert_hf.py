@@ -292,6 +292,16 @@ def special_token_ids(hf_dir: Path) -> dict[str, int]:
     return found
 
 
+def generation_ids(ckpt_dir: Path, special_ids: dict[str, int]) -> dict:
+    """generation_config.json's ids: a chat model's reply also ends at <|end_of_turn|>."""
+    from Tokenizer import Tokenizer  # lazy, like the tokenizer export
+
+    tokenizer = Tokenizer.load(ckpt_dir / TOKENIZER)
+    if "eos_token_id" not in special_ids or not tokenizer.has_chat_tokens:
+        return special_ids
+    return {**special_ids, "eos_token_id": [special_ids["eos_token_id"], tokenizer.end_of_turn_id]}
+
+
 # ---- the two directions ---------------------------------------------------------------------------------------
 
 
@@ -311,7 +321,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "flo
         config = hf_config(model.cfg, DTYPES[dtype], special_ids)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if special_ids:  # generate() then knows where to start and stop
-            (tmp / "generation_config.json").write_text(json.dumps(special_ids, indent=2) + "\n")
+            (tmp / "generation_config.json").write_text(json.dumps(generation_ids(ckpt_dir, special_ids), indent=2)
+                                                        + "\n")
         save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         mark_output_dir(tmp, EXPORT_TOOL)
     return out

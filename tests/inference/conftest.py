@@ -14,6 +14,7 @@ from model import ModelConfig, Transformer
 from model.checkpoint import save_model_checkpoint
 from tests.helpers import randomize
 from Tokenizer import Tokenizer, train_tokenizer
+from Tokenizer.chat import encode_chat_for_training
 
 # ASCII only: every emoji / CJK character below is spelled with byte-fallback tokens.
 CORPUS = [
@@ -95,3 +96,38 @@ def memorized_ckpt(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
     model = Transformer(cfg)
     memorize(model, [tokenizer.encode(d, eos=True) for d in DOCS])
     return save_model_checkpoint(tmp_path_factory.mktemp("memorized") / "ckpt", model, tokenizer_dir)
+
+
+# Conversations the chat model memorizes: the reply to "And then?" depends on the history, and the system message
+# changes the reply to "Hello".
+GREETING = "Hello world, hello there."
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": GREETING},
+     {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "The end of the story."}],
+    [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Coffee and tea."}],
+    [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hello"},
+     {"role": "assistant", "content": "Done and dusted."}],
+]
+
+
+@pytest.fixture(scope="session")
+def chat_ckpt(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, tokenizer: Tokenizer) -> Path:
+    """Checkpoint of a model that has memorized CONVERSATIONS (rendered by the chat template, as for training)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(tie_embeddings=True)
+    model = Transformer(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a session fixture may be set up before one_thread; see there why one thread
+    try:
+        memorize(model, [encode_chat_for_training(tokenizer, c)[0] for c in CONVERSATIONS], steps=150)
+    finally:
+        torch.set_num_threads(threads)
+    return save_model_checkpoint(tmp_path_factory.mktemp("chat") / "ckpt", model, tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def no_chat_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Checkpoint whose tokenizer was trained without chat markers (as before chat support)."""
+    tok_dir = tmp_path_factory.mktemp("no_chat") / "tokenizer"
+    train_tokenizer(CORPUS, VOCAB, tok_dir, progress=False, chat_tokens=False)
+    return save_model_checkpoint(tmp_path_factory.mktemp("no_chat") / "ckpt", Transformer(tiny_config()), tok_dir)

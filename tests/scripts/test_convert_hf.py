@@ -375,7 +375,9 @@ def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path, tokenizer_dir):
     expected_ids = {"bos_token_id": ours_tok.bos_id, "eos_token_id": ours_tok.eos_id, "pad_token_id": ours_tok.pad_id}
     assert {k: config[k] for k in expected_ids} == expected_ids
     generation = GenerationConfig.from_pretrained(tmp_path / "hf")
-    assert (generation.bos_token_id, generation.eos_token_id) == (ours_tok.bos_id, ours_tok.eos_id)
+    # A reply also ends at the chat tokenizer's end-of-turn.
+    assert generation.bos_token_id == ours_tok.bos_id
+    assert generation.eos_token_id == [ours_tok.eos_id, ours_tok.end_of_turn_id]
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, attn_implementation="eager")
     toks = torch.tensor([ids])
     assert (hf_logits(hf.eval(), toks) - our_logits(model, toks)).abs().max() <= TOL

@@ -1,0 +1,74 @@
+"""Chat prompts for generation: a conversation rendered by the tokenizer's chat template (Tokenizer/chat.py, the
+one definition of the format), cut to fit the context by dropping its oldest turns.
+
+    ids = encode_chat(tokenizer, [{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "Hi!"}])      # ends with <|assistant|>
+    for piece in generator.chat(messages, max_new_tokens=200, sampling=SamplingParams(0.7)):
+        print(piece, end="")                                                  # stops at <|end_of_turn|>
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+from inference.errors import GenerationError, HistoryTruncatedWarning
+from Tokenizer import Tokenizer
+from Tokenizer.chat import ChatFormatError, encode_chat, encode_chat_for_training, validate_messages
+
+__all__ = ["ChatFormatError", "encode_chat", "encode_chat_for_training", "fit_chat", "reply_end_ids"]
+
+
+def reply_end_ids(tokenizer: Tokenizer) -> frozenset[int]:
+    """Tokens that end a reply: <|end_of_turn|>, and EOS or a role marker, which cannot belong to a reply."""
+    return frozenset({tokenizer.eos_id, *tokenizer.chat_token_ids.values()})
+
+
+def _history_starts(messages: list[Mapping]) -> list[int]:
+    """Where the kept history may start, oldest first: the first non-system message, then every later user
+    message (a history never starts with a reply), then the last message, which is always kept."""
+    last = len(messages) - 1
+    starts = [i for i, m in enumerate(messages[:last]) if m["role"] == "user"]
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), last)
+    return sorted({first, *starts, last})
+
+
+def _kept(messages: list[Mapping], start: int) -> list[Mapping]:
+    """The system messages before `start`, then every message from `start` on."""
+    return [m for m in messages[:start] if m["role"] == "system"] + messages[start:]
+
+
+def fit_chat(tokenizer: Tokenizer, messages: Sequence[Mapping], max_new_tokens: int, max_seq_len: int) -> list[int]:
+    """Prompt ids of a conversation (ending with <|assistant|>) that leave room for max_new_tokens within
+    max_seq_len: the oldest turns are dropped with a HistoryTruncatedWarning, as few as possible; system messages
+    and the last message are always kept, and a GenerationError says so when even they do not fit."""
+    messages = validate_messages(messages)
+    room = max_seq_len - max_new_tokens
+    ids = encode_chat(tokenizer, messages)
+    if len(ids) <= room:
+        return ids
+    # Every message sits between markers, so dropping one never adds tokens: binary search for the longest
+    # history that fits (a few encodings instead of one per dropped turn).
+    starts = _history_starts(messages)
+    shortest = encode_chat(tokenizer, _kept(messages, starts[-1]))
+    if len(shortest) > room:
+        raise GenerationError(
+            f"the system message(s) and the last message take {len(shortest)} tokens; with max_new_tokens "
+            f"{max_new_tokens} that exceeds max_seq_len {max_seq_len}: shorten them or lower max_new_tokens"
+        )
+    lo, hi, ids = 0, len(starts) - 1, shortest  # starts[hi] fits; starts[lo] may not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = encode_chat(tokenizer, _kept(messages, starts[mid]))
+        if len(candidate) <= room:
+            hi, ids = mid, candidate
+        else:
+            lo = mid + 1
+    kept = len(_kept(messages, starts[hi]))
+    warnings.warn(
+        f"chat history + max_new_tokens {max_new_tokens} exceeds max_seq_len {max_seq_len}: dropped the "
+        f"{len(messages) - kept} oldest message(s), kept {kept} ({len(ids)} tokens)",
+        HistoryTruncatedWarning,
+        stacklevel=3,
+    )
+    return ids
