@@ -30,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:
 import gguf  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from gguf import GGMLQuantizationType, LlamaFileType, MODEL_TENSOR  # noqa: E402
+from gguf import MODEL_TENSOR, GGMLQuantizationType, LlamaFileType  # noqa: E402
 
 from core.atomic import atomic_file  # noqa: E402
 from core.errors import CheckpointError, UserError  # noqa: E402
