@@ -11,8 +11,10 @@ What llama.cpp cannot express, and how it is handled:
   U+2581 as a space; encode() spells it with its three byte tokens. GGUF has no switch for this: in llama.cpp a
   text tokenizes as if each U+2581 in it were a space. Documented (README); only texts holding U+2581 differ.
 - Merges into non-normal entries. SentencePiece merges only into normal pieces; llama.cpp merges into any
-  vocabulary entry, so with a piece "<s" (common after HTML) the literal text "<s>" can become the BOS token.
-  merge_hazards() lists these texts; the exporter names them. Only texts containing one of them can differ.
+  vocabulary entry, so with a piece "<s" the literal text "<s>" can become the BOS token. train_tokenizer.py
+  never makes such pieces (its pieces never mix letters with punctuation, nor digits with anything), but a
+  tokenizer trained otherwise may have them: merge_hazards() lists the texts at risk and the exporter names them.
+  Only texts containing one of them can differ.
 - Anything else (other normalizations, a dummy prefix, whitespace folding, unigram models, user-defined
   pieces) would tokenize differently in general and is refused with a DataError.
 """

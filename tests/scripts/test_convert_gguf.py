@@ -8,26 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
 
-gguf = pytest.importorskip("gguf")
-llama_cpp = pytest.importorskip("llama_cpp")  # requirements-dev.txt builds it from source
-
-from core.errors import DataError  # noqa: E402
-from inference.generator import Generator  # noqa: E402
-from model import ModelConfig, Transformer  # noqa: E402
-from scripts import convert_gguf  # noqa: E402
-from scripts.convert_gguf import export_gguf, main  # noqa: E402
-from tests.helpers import randomize  # noqa: E402
-from tests.inference.conftest import memorize  # noqa: E402
-from Tokenizer import Tokenizer, train_tokenizer  # noqa: E402
-from Tokenizer.gguf_vocab import gguf_vocab  # noqa: E402
-from Tokenizer.tokenizer import MODEL_FILE  # noqa: E402
-from train.checkpoint import TOKENIZER, load_model, save_model_checkpoint  # noqa: E402
-from train.config import Config  # noqa: E402
+from core.errors import DataError
+from inference.generator import Generator
+from model import ModelConfig, Transformer
+from scripts import convert_gguf
+from scripts.convert_gguf import export_gguf, main
+from tests.helpers import randomize
+from tests.inference.conftest import memorize
+from Tokenizer import Tokenizer
+from Tokenizer.gguf_vocab import gguf_vocab
+from Tokenizer.tokenizer import MODEL_FILE
+from train.checkpoint import TOKENIZER, load_model, save_model_checkpoint
+from train.config import Config
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_gguf.py"
 MAX_LEN = 256
@@ -84,13 +82,14 @@ def exported(trained_ckpt: Path, tmp_path_factory) -> dict[str, Path]:
     return {d: export_gguf(trained_ckpt, out / f"model-{d}.gguf", d).path for d in convert_gguf.DTYPES}
 
 
-def load_llama(path: Path, **kwargs) -> llama_cpp.Llama:
-    """llama.cpp with every logit kept and an f32 KV cache; `vocab_only=True` for tokenizing only."""
+def load_llama(path: Path, **kwargs):
+    """llama.cpp (llama_cpp.Llama) with every logit kept and an f32 KV cache; `vocab_only=True` for tokenizing."""
+    llama_cpp = pytest.importorskip("llama_cpp")  # requirements-dev.txt builds it from source
     return llama_cpp.Llama(model_path=str(path), n_ctx=MAX_LEN, n_batch=MAX_LEN, n_threads=1, logits_all=True,
                            type_k=F32, type_v=F32, verbose=False, **kwargs)
 
 
-def llama_logits(llm: llama_cpp.Llama, ids: list[int]) -> np.ndarray:
+def llama_logits(llm, ids: list[int]) -> np.ndarray:
     """llama.cpp's logits (T, vocab) for a sequence, from an empty cache."""
     llm.reset()
     llm.eval(ids)
@@ -148,22 +147,25 @@ def test_literal_space_marker_reads_as_space_in_llama_cpp(exported, tiny_tokeniz
         assert got != tiny_tokenizer.encode(text)
 
 
-def test_merge_hazard_is_named_and_real(tmp_path: Path, tiny_corpus_texts: list[str], capsys):
-    """A piece "<s" lets llama.cpp merge the text "<s>" into BOS; the exporter names that text, and only texts
-    containing it differ."""
-    html = ["<span>x</span> <script>y</script> <strong>z</strong> <select><s>w</s></select> " * 3] * 60
-    tok = train_tokenizer(html + tiny_corpus_texts[:50], 400, tmp_path / "tok", progress=False)
-    assert "<s" in {tok._sp.id_to_piece(i) for i in range(tok.vocab_size)}
-    vocab = gguf_vocab(tok.directory, tok.vocab_size)
-    assert "<s>" in vocab.hazards
-    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(tiny_cfg(tok.vocab_size).model),
-                                 tiny_cfg(tok.vocab_size), tok.directory)
+def test_merge_hazard_is_named_and_real(tmp_path: Path, capsys):
+    """With pieces "<s" and "</s" (HTML, trained without splitting by Unicode script, which our trainer never
+    does) llama.cpp merges the texts "<s>" and "</s>" into BOS and EOS; the exporter names both texts, and texts
+    without them still match."""
+    rng = random.Random(0)
+    tags = ["span", "script", "strong", "select", "small", "style", "s", "section", "source", "sub", "sup"]
+    html = [" ".join(f"<{t}>{rng.choice('abc')}</{t}>" for t in rng.sample(tags, 6)) for _ in range(400)]
+    tok = Tokenizer.load(sp_tokenizer(tmp_path, html, vocab_size=320, split_by_unicode_script=False))
+    assert gguf_vocab(tok.directory, tok.vocab_size).hazards == ["<s>", "</s>"]
+    cfg = tiny_cfg(tok.vocab_size)
+    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(cfg.model), cfg, tok.directory)
     assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.gguf")]) == 0
-    assert "'<s>'" in capsys.readouterr().out
+    notes = capsys.readouterr().out
+    assert "'<s>'" in notes and "'</s>'" in notes
     llm = load_llama(tmp_path / "m.gguf", vocab_only=True)
-    assert tok.bos_id in llm.tokenize(b"a <s> b", add_bos=False)
-    assert tok.bos_id not in tok.encode("a <s> b")
-    assert llm.tokenize(b"<span> b", add_bos=False) == tok.encode("<span> b")
+    assert llm.tokenize(b"<s>", add_bos=False) == [tok.bos_id] != tok.encode("<s>")
+    assert llm.tokenize(b"</s>", add_bos=False) == [tok.eos_id] != tok.encode("</s>")
+    for text in html[:50]:
+        assert llm.tokenize(text.encode(), add_bos=False) == tok.encode(text)
 
 
 def test_test_tokenizer_has_no_merge_hazard(tiny_tokenizer: Tokenizer):
