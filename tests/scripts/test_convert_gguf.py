@@ -76,6 +76,20 @@ def trained_ckpt(tmp_path_factory, tiny_tokenizer: Tokenizer, tiny_corpus_texts:
 
 
 @pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory, tiny_tokenizer: Tokenizer) -> Path:
+    """An untrained model with the test tokenizer: enough for tokenization, metadata and command-line tests."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tiny_tokenizer.vocab_size)
+    return save_model_checkpoint(tmp_path_factory.mktemp("gguf_random") / "ckpt", Transformer(cfg.model), cfg,
+                                 tiny_tokenizer.directory)
+
+
+@pytest.fixture(scope="module")
+def vocab_gguf(random_ckpt: Path, tmp_path_factory) -> Path:
+    return export_gguf(random_ckpt, tmp_path_factory.mktemp("gguf_vocab") / "model.gguf").path
+
+
+@pytest.fixture(scope="module")
 def exported(trained_ckpt: Path, tmp_path_factory) -> dict[str, Path]:
     """The trained checkpoint exported once per dtype."""
     out = tmp_path_factory.mktemp("gguf_files")
@@ -118,8 +132,8 @@ def fuzz_texts(corpus: list[str], n: int = 300, seed: int = 0) -> list[str]:
 # ---- tokenizer parity -------------------------------------------------------------------------------------------
 
 
-def test_token_ids_match_llama_cpp(exported, tiny_tokenizer: Tokenizer, tiny_corpus_texts: list[str]):
-    llm = load_llama(exported["f32"], vocab_only=True)
+def test_token_ids_match_llama_cpp(vocab_gguf: Path, tiny_tokenizer: Tokenizer, tiny_corpus_texts: list[str]):
+    llm = load_llama(vocab_gguf, vocab_only=True)
     texts = TEXTS + fuzz_texts(tiny_corpus_texts)
     for text in texts:
         ours = tiny_tokenizer.encode(text)
@@ -131,16 +145,16 @@ def test_token_ids_match_llama_cpp(exported, tiny_tokenizer: Tokenizer, tiny_cor
     assert llm.tokenize(long_doc.encode(), add_bos=False) == tiny_tokenizer.encode(long_doc)
 
 
-def test_detokenize_matches_ours(exported, tiny_tokenizer: Tokenizer):
-    llm = load_llama(exported["f32"], vocab_only=True)
+def test_detokenize_matches_ours(vocab_gguf: Path, tiny_tokenizer: Tokenizer):
+    llm = load_llama(vocab_gguf, vocab_only=True)
     for text in [*TEXTS, "literal ▁ marker"]:
         ids = tiny_tokenizer.encode(text)
         assert llm.detokenize(ids).decode("utf-8") == tiny_tokenizer.decode(ids) == text
 
 
-def test_literal_space_marker_reads_as_space_in_llama_cpp(exported, tiny_tokenizer: Tokenizer):
+def test_literal_space_marker_reads_as_space_in_llama_cpp(vocab_gguf: Path, tiny_tokenizer: Tokenizer):
     """The documented limit: llama.cpp tokenizes a text as if each U+2581 in it were a space."""
-    llm = load_llama(exported["f32"], vocab_only=True)
+    llm = load_llama(vocab_gguf, vocab_only=True)
     for text in ["▁", "a▁b", "x ▁▁ y", "▁leading and trailing▁"]:
         got = llm.tokenize(text.encode(), add_bos=False)
         assert got == tiny_tokenizer.encode(text.replace("▁", " "))
@@ -176,6 +190,7 @@ def test_test_tokenizer_has_no_merge_hazard(tiny_tokenizer: Tokenizer):
 # ---- model parity -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_greedy_continuations_match_llama_cpp(exported, trained_ckpt: Path, tiny_tokenizer: Tokenizer,
                                               tiny_corpus_texts: list[str]):
     llm = load_llama(exported["f32"])
@@ -194,6 +209,7 @@ def test_greedy_continuations_match_llama_cpp(exported, trained_ckpt: Path, tiny
         assert got == expected, tiny_tokenizer.decode(prompt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", list(LOGIT_TOL))
 def test_logits_within_tolerance(exported, trained_ckpt: Path, tiny_tokenizer: Tokenizer, tiny_corpus_texts, dtype):
     ids = tiny_tokenizer.encode("".join(tiny_corpus_texts[:4]))[:MAX_LEN]
@@ -227,10 +243,10 @@ def read_fields(path: Path) -> tuple[dict, dict]:
     return fields, {t.name: t.tensor_type.name for t in reader.tensors}
 
 
-def test_metadata_and_tensor_types(exported, tiny_tokenizer: Tokenizer):
+def test_metadata_and_tensor_types(random_ckpt: Path, tmp_path: Path, tiny_tokenizer: Tokenizer):
     sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer.directory / MODEL_FILE))
-    for dtype, path in exported.items():
-        fields, tensors = read_fields(path)
+    for dtype in convert_gguf.DTYPES:
+        fields, tensors = read_fields(export_gguf(random_ckpt, tmp_path / f"{dtype}.gguf", dtype).path)
         assert fields["general.architecture"] == "llama"
         assert fields["llama.block_count"] == 2 and fields["llama.attention.head_count_kv"] == 2
         assert fields["tokenizer.ggml.model"] == "llama"
@@ -302,29 +318,31 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_cli_writes_and_overwrites(trained_ckpt: Path, tmp_path: Path):
+@pytest.mark.slow
+def test_cli_writes_and_overwrites(random_ckpt: Path, tmp_path: Path):
     out = tmp_path / "sub" / "m.gguf"
-    first = run_cli("--checkpoint", str(trained_ckpt), "--out", str(out), "--dtype", "f16")
+    first = run_cli("--checkpoint", str(random_ckpt), "--out", str(out), "--dtype", "f16")
     assert first.returncode == 0 and first.stdout.startswith(f"wrote {out}")
     assert read_fields(out)[0]["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
-    again = run_cli("--checkpoint", str(trained_ckpt), "--out", str(out), "--overwrite")
+    again = run_cli("--checkpoint", str(random_ckpt), "--out", str(out), "--overwrite")
     assert again.returncode == 0
     assert read_fields(out)[0]["general.file_type"] == gguf.LlamaFileType.ALL_F32
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.gguf"]  # no temporary file left
 
 
-def test_cli_bad_inputs(trained_ckpt: Path, tmp_path: Path):
+@pytest.mark.slow
+def test_cli_bad_inputs(random_ckpt: Path, tmp_path: Path):
     existing = tmp_path / "old.gguf"
     existing.write_bytes(b"keep me")
     no_tok = save_model_checkpoint(tmp_path / "no_tok", Transformer(tiny_cfg(512).model), tiny_cfg(512))
-    ckpt_files = sorted(p.relative_to(trained_ckpt) for p in trained_ckpt.rglob("*"))
+    ckpt_files = sorted(p.relative_to(random_ckpt) for p in random_ckpt.rglob("*"))
     cases = [
         (["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "a.gguf")], "does not exist"),
-        (["--checkpoint", str(trained_ckpt), "--out", str(existing)], "--overwrite"),
-        (["--checkpoint", str(trained_ckpt), "--out", str(trained_ckpt / "m.gguf")], "inside the checkpoint"),
-        (["--checkpoint", str(trained_ckpt), "--out", str(trained_ckpt), "--overwrite"], "inside the checkpoint"),
-        (["--checkpoint", str(trained_ckpt), "--out", str(tmp_path)], "is a directory"),
-        (["--checkpoint", str(trained_ckpt), "--out", str(tmp_path / "b.gguf"), "--dtype", "q4_0"], "--dtype 'q4_0'"),
+        (["--checkpoint", str(random_ckpt), "--out", str(existing)], "--overwrite"),
+        (["--checkpoint", str(random_ckpt), "--out", str(random_ckpt / "m.gguf")], "inside the checkpoint"),
+        (["--checkpoint", str(random_ckpt), "--out", str(random_ckpt), "--overwrite"], "inside the checkpoint"),
+        (["--checkpoint", str(random_ckpt), "--out", str(tmp_path)], "is a directory"),
+        (["--checkpoint", str(random_ckpt), "--out", str(tmp_path / "b.gguf"), "--dtype", "q4_0"], "--dtype 'q4_0'"),
         (["--checkpoint", str(no_tok), "--out", str(tmp_path / "c.gguf")], "no tokenizer/"),
     ]
     for args, message in cases:
@@ -334,14 +352,14 @@ def test_cli_bad_inputs(trained_ckpt: Path, tmp_path: Path):
         assert message in result.stderr
     assert existing.read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["no_tok", "old.gguf"]
-    assert sorted(p.relative_to(trained_ckpt) for p in trained_ckpt.rglob("*")) == ckpt_files
+    assert sorted(p.relative_to(random_ckpt) for p in random_ckpt.rglob("*")) == ckpt_files
 
 
-def test_failed_write_leaves_nothing(trained_ckpt: Path, tmp_path: Path, monkeypatch):
+def test_failed_write_leaves_nothing(random_ckpt: Path, tmp_path: Path, monkeypatch):
     def broken(self, *args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        export_gguf(trained_ckpt, tmp_path / "m.gguf")
+        export_gguf(random_ckpt, tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []
