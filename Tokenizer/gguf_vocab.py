@@ -70,6 +70,8 @@ def _check_expressible(proto: sentencepiece_model_pb2.ModelProto, path: Path) ->
         problems.append(f"model_type is {trainer.ModelType.Name(trainer.model_type)} (llama.cpp merges like BPE)")
     if norm.name != "identity" or norm.precompiled_charsmap:
         problems.append(f"normalization is {norm.name!r} (llama.cpp does not normalize)")
+    if not norm.escape_whitespaces:
+        problems.append("escape_whitespaces is off (llama.cpp always writes spaces as U+2581)")
     if norm.add_dummy_prefix:
         problems.append("add_dummy_prefix is on")
     if norm.remove_extra_whitespaces:
