@@ -305,6 +305,7 @@ def sp_tokenizer(tmp_path: Path, corpus: list[str], **options) -> Path:
     ({"add_dummy_prefix": True}, "add_dummy_prefix"),
     ({"normalization_rule_name": "nmt_nfkc"}, "normalization"),
     ({"remove_extra_whitespaces": True}, "remove_extra_whitespaces"),
+    ({"escape_whitespaces": False}, "escape_whitespaces"),
     ({"model_type": "unigram"}, "UNIGRAM"),
     ({"user_defined_symbols": ["<|user|>"]}, "user-defined"),
 ])
