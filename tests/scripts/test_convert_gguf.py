@@ -31,9 +31,10 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_gguf.py"
 MAX_LEN = 256
 NEW_TOKENS = 64
 F32 = 0  # GGML_TYPE_F32: llama.cpp's KV cache defaults to f16, which would round every key and value
-# Largest |llama.cpp logit - our fp32 logit| allowed per export dtype, on the trained model (logits within about
-# +-15). Measured on this model: f32 ~2e-6, f16 ~4e-3, bf16 ~3e-2, q8_0 ~1e-2; the bounds leave ~3x room.
-LOGIT_TOL = {"f32": 1e-4, "f16": 1.5e-2, "bf16": 1e-1, "q8_0": 4e-2}
+# (max, mean) of |llama.cpp logit - our fp32 logit| allowed per export dtype, on the trained model (logits up to
+# ~16). Measured: f32 2.6e-5 / 1.6e-6, f16 0.011 / 0.0011, bf16 0.14 / 0.009, q8_0 0.54 / 0.028 (q8_0 also rounds
+# the activations to 8 bits in every matmul). The bounds leave 2-4x room; a wrong RoPE layout gives ~15 / ~1.
+LOGIT_TOL = {"f32": (1e-4, 1e-5), "f16": (3e-2, 3e-3), "bf16": (0.3, 0.02), "q8_0": (1.0, 0.06)}
 TEXTS = [
     "", " ", "a", "  two leading spaces", "trailing spaces   ", "many     inner      spaces", "\n", "\n\n\nx\n",
     "\ttab\tseparated\tvalues\n\t\tindented", "mixed \t \n whitespace \r\n CRLF", "digits 0123456789 and 3.14159",
@@ -216,7 +217,9 @@ def test_logits_within_tolerance(exported, trained_ckpt: Path, tiny_tokenizer: T
     ref = our_logits(trained_ckpt, ids)
     got = llama_logits(load_llama(exported[dtype]), ids)
     assert np.abs(ref).max() > 5  # logits of a trained model, not all near zero
-    assert np.abs(got - ref).max() <= LOGIT_TOL[dtype]
+    max_tol, mean_tol = LOGIT_TOL[dtype]
+    assert np.abs(got - ref).max() <= max_tol
+    assert np.abs(got - ref).mean() <= mean_tol
 
 
 @pytest.mark.parametrize("n_kv_heads,tied,theta", [(4, True, 500000.0), (1, False, 10000.0), (1, True, 10000.0)])
