@@ -33,7 +33,8 @@ NEW_TOKENS = 64
 F32 = 0  # GGML_TYPE_F32: llama.cpp's KV cache defaults to f16, which would round every key and value
 # (max, mean) of |llama.cpp logit - our fp32 logit| allowed per export dtype, on the trained model (logits up to
 # ~16). Measured: f32 2.6e-5 / 1.6e-6, f16 0.011 / 0.0011, bf16 0.14 / 0.009, q8_0 0.54 / 0.028 (q8_0 also rounds
-# the activations to 8 bits in every matmul). The bounds leave 2-4x room; q/k in the Hugging Face layout gives a max of 14.6.
+# the activations to 8 bits in every matmul). The bounds leave 2-4x room; q/k rows in the Hugging Face layout give
+# a max of 14.6.
 LOGIT_TOL = {"f32": (1e-4, 1e-5), "f16": (3e-2, 3e-3), "bf16": (0.3, 0.02), "q8_0": (1.0, 0.06)}
 TEXTS = [
     "", " ", "a", "  two leading spaces", "trailing spaces   ", "many     inner      spaces", "\n", "\n\n\nx\n",
