@@ -180,7 +180,9 @@ def test_merge_hazard_is_named_and_real(tmp_path: Path, capsys):
     llm = load_llama(tmp_path / "m.gguf", vocab_only=True)
     assert llm.tokenize(b"<s>", add_bos=False) == [tok.bos_id] != tok.encode("<s>")
     assert llm.tokenize(b"</s>", add_bos=False) == [tok.eos_id] != tok.encode("</s>")
-    for text in html[:50]:
+    others = [text for text in html if "<s>" not in text and "</s>" not in text]
+    assert len(others) > 100
+    for text in others:
         assert llm.tokenize(text.encode(), add_bos=False) == tok.encode(text)
 
 
