@@ -3,6 +3,7 @@ logits; the file's metadata; the documented tokenization limits; refusals and co
 
 from __future__ import annotations
 
+import io
 import random
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
+from sentencepiece import sentencepiece_model_pb2
 
 from core.errors import DataError
 from inference.generator import Generator
@@ -294,16 +296,20 @@ def test_padded_vocab_tied_head_chat_template_and_q8_fallback(tmp_path: Path, ti
 # ---- refusals and command line ----------------------------------------------------------------------------------
 
 
-def sp_tokenizer(tmp_path: Path, corpus: list[str], **options) -> Path:
-    """A tokenizer directory trained directly with SentencePiece, for settings our trainer never uses."""
+def sp_tokenizer(tmp_path: Path, corpus: list[str], normalizer: dict | None = None, **options) -> Path:
+    """A tokenizer directory trained directly with SentencePiece, for settings our trainer never uses;
+    `normalizer` fields are set in the saved model afterwards (for those the BPE trainer rejects)."""
     out = tmp_path / "sp_tok"
     out.mkdir()
     base = dict(model_type="bpe", vocab_size=400, byte_fallback=True, normalization_rule_name="identity",
                 add_dummy_prefix=False, remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
                 minloglevel=2)
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_prefix=str(out / "m"),
-                                   **{**base, **options})
-    (out / "m.model").rename(out / MODEL_FILE)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, **{**base, **options})
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model.getvalue())
+    for key, value in (normalizer or {}).items():
+        setattr(proto.normalizer_spec, key, value)
+    (out / MODEL_FILE).write_bytes(proto.SerializeToString())
     return out
 
 
@@ -311,7 +317,7 @@ def sp_tokenizer(tmp_path: Path, corpus: list[str], **options) -> Path:
     ({"add_dummy_prefix": True}, "add_dummy_prefix"),
     ({"normalization_rule_name": "nmt_nfkc"}, "normalization"),
     ({"remove_extra_whitespaces": True}, "remove_extra_whitespaces"),
-    ({"escape_whitespaces": False}, "escape_whitespaces"),
+    ({"normalizer": {"escape_whitespaces": False}}, "escape_whitespaces"),
     ({"model_type": "unigram"}, "UNIGRAM"),
     ({"user_defined_symbols": ["<|user|>"]}, "user-defined"),
 ])
