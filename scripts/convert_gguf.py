@@ -26,17 +26,22 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+if __name__ == "__main__":
+    from core.cli import quiet_interrupts
+
+    quiet_interrupts()  # a Ctrl-C during the imports below exits 130 without a traceback
 
 import gguf  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from gguf import MODEL_TENSOR, GGMLQuantizationType, LlamaFileType  # noqa: E402
 
+from core import cli  # noqa: E402
 from core.atomic import atomic_file  # noqa: E402
 from core.errors import CheckpointError, UserError  # noqa: E402
 from model import ModelConfig  # noqa: E402
+from model.checkpoint import TOKENIZER, find_checkpoint, load_model, model_state_dict  # noqa: E402
 from Tokenizer.gguf_vocab import GGUFVocab, gguf_vocab  # noqa: E402
-from train.checkpoint import TOKENIZER, find_checkpoint, load_model, model_state_dict  # noqa: E402
 
 ARCH = "llama"
 CHAT_TEMPLATE = "chat_template.jinja"  # beside tokenizer.model in the checkpoint's tokenizer/ directory
@@ -155,8 +160,8 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32", ove
     tokenizer_dir = ckpt_dir / TOKENIZER
     if not tokenizer_dir.is_dir():
         raise CheckpointError(f"checkpoint {ckpt_dir} has no {TOKENIZER}/ directory: a GGUF file needs the tokenizer")
-    model, cfg, _ = load_model(ckpt_dir)
-    vocab = gguf_vocab(tokenizer_dir, cfg.model.vocab_size)
+    model, _ = load_model(ckpt_dir)
+    vocab = gguf_vocab(tokenizer_dir, model.cfg.vocab_size)
     template_path = tokenizer_dir / CHAT_TEMPLATE
     chat_template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
 
@@ -164,7 +169,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32", ove
     report = ExportReport(out, dtype, hazards=vocab.hazards)
     with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(tmp, ARCH)
-        _add_model_metadata(writer, cfg.model, checkpoint.resolve().name, ftype)
+        _add_model_metadata(writer, model.cfg, checkpoint.resolve().name, ftype)
         _add_tokenizer_metadata(writer, vocab, chat_template)
         for name, w in model_state_dict(model).items():  # a tied head is absent: llama.cpp then reuses token_embd
             data, used = encode_tensor(w, qtype)
@@ -180,7 +185,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f32", ove
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse --checkpoint, --out, --dtype and --overwrite."""
-    parser = argparse.ArgumentParser(description="Export a checkpoint as a GGUF file for llama.cpp and Ollama.")
+    parser = cli.ArgumentParser(description="Export a checkpoint as a GGUF file for llama.cpp and Ollama.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory or training run directory")
     parser.add_argument("--out", required=True, help="GGUF file to write, e.g. model.gguf")
     parser.add_argument("--dtype", default="f32", help=f"storage of the weight matrices: {', '.join(DTYPES)}")
@@ -191,19 +196,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run one export; bad input prints one `error:` line and returns 2."""
     args = parse_args(argv)
-    try:
+
+    def run() -> None:
         report = export_gguf(args.checkpoint, args.out, args.dtype, args.overwrite)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    size_mb = report.path.stat().st_size / 1e6
-    print(f"wrote {report.path} ({size_mb:.1f} MB, {report.dtype})")
-    if report.kept_f16:
-        print(f"note: kept in f16 (rows not a multiple of 32, q8_0 impossible): {', '.join(report.kept_f16)}")
-    for text in report.hazards:
-        print(f"note: llama.cpp may merge the literal text {text!r} into one special token; texts containing it "
-              "can tokenize differently there")
-    return 0
+        size_mb = report.path.stat().st_size / 1e6
+        print(f"wrote {report.path} ({size_mb:.1f} MB, {report.dtype})")
+        if report.kept_f16:
+            print(f"note: kept in f16 (rows not a multiple of 32, q8_0 impossible): {', '.join(report.kept_f16)}")
+        for text in report.hazards:
+            print(f"note: llama.cpp may merge the literal text {text!r} into one special token; texts containing "
+                  "it can tokenize differently there")
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from sentencepiece import sentencepiece_model_pb2
 from core.errors import DataError
 from inference.generator import Generator
 from model import ModelConfig, Transformer
+from model.checkpoint import TOKENIZER, load_model, save_model_checkpoint
 from scripts import convert_gguf
 from scripts.convert_gguf import export_gguf, main
 from tests.helpers import randomize
@@ -26,8 +27,6 @@ from tests.inference.conftest import memorize
 from Tokenizer import Tokenizer
 from Tokenizer.gguf_vocab import gguf_vocab
 from Tokenizer.tokenizer import MODEL_FILE
-from train.checkpoint import TOKENIZER, load_model, save_model_checkpoint
-from train.config import Config
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_gguf.py"
 MAX_LEN = 256
@@ -56,10 +55,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_cfg(vocab_size: int, **overrides) -> Config:
+def tiny_cfg(vocab_size: int, **overrides) -> ModelConfig:
     fields = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab_size, multiple_of=32,
                   max_seq_len=MAX_LEN)
-    return Config(model=ModelConfig(**{**fields, **overrides}))
+    return ModelConfig(**{**fields, **overrides})
 
 
 def memorized_docs(tokenizer: Tokenizer, corpus: list[str]) -> list[list[int]]:
@@ -73,10 +72,9 @@ def trained_ckpt(tmp_path_factory, tiny_tokenizer: Tokenizer, tiny_corpus_texts:
     varied texts, decided by real logit margins rather than one repeated token."""
     torch.manual_seed(0)
     cfg = tiny_cfg(tiny_tokenizer.vocab_size)
-    model = Transformer(cfg.model)
+    model = Transformer(cfg)
     memorize(model, memorized_docs(tiny_tokenizer, tiny_corpus_texts), steps=60)
-    return save_model_checkpoint(tmp_path_factory.mktemp("gguf_trained") / "ckpt", model, cfg,
-                                 tiny_tokenizer.directory)
+    return save_model_checkpoint(tmp_path_factory.mktemp("gguf_trained") / "ckpt", model, tiny_tokenizer.directory)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,7 @@ def random_ckpt(tmp_path_factory, tiny_tokenizer: Tokenizer) -> Path:
     """An untrained model with the test tokenizer: enough for tokenization, metadata and command-line tests."""
     torch.manual_seed(0)
     cfg = tiny_cfg(tiny_tokenizer.vocab_size)
-    return save_model_checkpoint(tmp_path_factory.mktemp("gguf_random") / "ckpt", Transformer(cfg.model), cfg,
+    return save_model_checkpoint(tmp_path_factory.mktemp("gguf_random") / "ckpt", Transformer(cfg),
                                  tiny_tokenizer.directory)
 
 
@@ -115,7 +113,7 @@ def llama_logits(llm, ids: list[int]) -> np.ndarray:
 
 
 def our_logits(ckpt: Path, ids: list[int]) -> np.ndarray:
-    model, _, _ = load_model(ckpt)
+    model, _ = load_model(ckpt)
     with torch.no_grad():
         return model(torch.tensor([ids]))[0].numpy()
 
@@ -175,7 +173,7 @@ def test_merge_hazard_is_named_and_real(tmp_path: Path, capsys):
     tok = Tokenizer.load(sp_tokenizer(tmp_path, html, vocab_size=320, split_by_unicode_script=False))
     assert gguf_vocab(tok.directory, tok.vocab_size).hazards == ["<s>", "</s>"]
     cfg = tiny_cfg(tok.vocab_size)
-    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(cfg.model), cfg, tok.directory)
+    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(cfg), tok.directory)
     assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.gguf")]) == 0
     notes = capsys.readouterr().out
     assert "'<s>'" in notes and "'</s>'" in notes
@@ -200,7 +198,7 @@ def test_test_tokenizer_has_no_merge_hazard(tiny_tokenizer: Tokenizer):
 def test_greedy_continuations_match_llama_cpp(exported, trained_ckpt: Path, tiny_tokenizer: Tokenizer,
                                               tiny_corpus_texts: list[str]):
     llm = load_llama(exported["f32"])
-    model, _, _ = load_model(trained_ckpt)
+    model, _ = load_model(trained_ckpt)
     ours = Generator(model, tiny_tokenizer)
     for doc in memorized_docs(tiny_tokenizer, tiny_corpus_texts):
         prompt = doc[:8]
@@ -231,9 +229,9 @@ def test_logits_within_tolerance(exported, trained_ckpt: Path, tiny_tokenizer: T
 def test_random_model_logits_match(tmp_path: Path, tiny_tokenizer: Tokenizer, n_kv_heads, tied, theta):
     """MHA/MQA, tied head (no output tensor: llama.cpp reuses token_embd), two RoPE bases, large random weights."""
     cfg = tiny_cfg(tiny_tokenizer.vocab_size, n_kv_heads=n_kv_heads, tie_embeddings=tied, rope_theta=theta)
-    model = Transformer(cfg.model)
+    model = Transformer(cfg)
     randomize(model, seed=3)
-    ckpt = save_model_checkpoint(tmp_path / "ckpt", model, cfg, tiny_tokenizer.directory)
+    ckpt = save_model_checkpoint(tmp_path / "ckpt", model, tiny_tokenizer.directory)
     path = export_gguf(ckpt, tmp_path / "m.gguf").path
     ids = torch.randint(0, tiny_tokenizer.vocab_size, (96,), generator=torch.Generator().manual_seed(0)).tolist()
     ref = our_logits(ckpt, ids)
@@ -275,7 +273,7 @@ def test_padded_vocab_tied_head_chat_template_and_q8_fallback(tmp_path: Path, ti
     tokenizer/chat_template.jinja is carried; q8_0 keeps matrices whose rows are not a multiple of 32 in f16."""
     vocab = tiny_tokenizer.vocab_size + 8
     cfg = tiny_cfg(vocab, tie_embeddings=True, multiple_of=16, ffn_hidden_dim=176)
-    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(cfg.model), cfg, tiny_tokenizer.directory)
+    ckpt = save_model_checkpoint(tmp_path / "ckpt", Transformer(cfg), tiny_tokenizer.directory)
     template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
     (ckpt / TOKENIZER / "chat_template.jinja").write_text(template)
     assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.gguf"), "--dtype", "q8_0"]) == 0
@@ -347,7 +345,7 @@ def test_cli_writes_and_overwrites(random_ckpt: Path, tmp_path: Path):
 def test_cli_bad_inputs(random_ckpt: Path, tmp_path: Path):
     existing = tmp_path / "old.gguf"
     existing.write_bytes(b"keep me")
-    no_tok = save_model_checkpoint(tmp_path / "no_tok", Transformer(tiny_cfg(512).model), tiny_cfg(512))
+    no_tok = save_model_checkpoint(tmp_path / "no_tok", Transformer(tiny_cfg(512)))
     ckpt_files = sorted(p.relative_to(random_ckpt) for p in random_ckpt.rglob("*"))
     cases = [
         (["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "a.gguf")], "does not exist"),
