@@ -46,6 +46,24 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final` for a writer that opens files by name; on success the file is synced
+    and renamed to `final` (replacing an older one). On an error `final` is untouched and the temporary file is
+    removed; a killed process leaves a `.tmp-<name>-*` sibling."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace a small text file atomically (write a temp file, fsync, rename)."""
     path = Path(path)
