@@ -115,6 +115,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
         if self.eps <= 0:
             raise ConfigError(f"optim.eps must be positive, got {self.eps}")
+        if self.name == "muon" and self.fused:
+            raise ConfigError("optim.fused=true is for AdamW: with optim.name=muon leave it unset")
 
 
 @dataclass

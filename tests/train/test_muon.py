@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from core.errors import ConfigError
 from model import Transformer
 from model.checkpoint import find_checkpoint, load_model
 from model.config import ModelConfig
@@ -109,6 +110,15 @@ def test_muon_update_is_the_scaled_orthogonalized_momentum():
     assert set(opt.state[w]) == {"momentum_buffer"} and set(opt.state[b]) == {"step", "exp_avg", "exp_avg_sq"}
     with pytest.raises(ValueError, match="2-D"):
         Muon([{"params": [b], "use_muon": True}], lr=0.1)
+
+
+def test_muon_config_errors_name_the_key(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match=r"optim\.muon_momentum must be in \[0, 1\), got 1\.0"):
+        tiny_config(tmp_path, tiny_data, "optim.name=muon", "optim.muon_momentum=1.0")
+    with pytest.raises(ConfigError, match=r"optim\.fused=true is for AdamW"):
+        tiny_config(tmp_path, tiny_data, "optim.name=muon", "optim.fused=true")
+    with pytest.raises(ConfigError, match=r"optim\.name"):
+        tiny_config(tmp_path, tiny_data, "optim.name=sgd")
 
 
 def _records(out_dir) -> list[dict]:
