@@ -12,7 +12,10 @@ from model.rope import apply_rope
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, n_kv_heads, T, D) -> (B, n_kv_heads * n_rep, T, D); query head h reads kv head h // n_rep."""
+    """(B, n_kv_heads, T, D) -> (B, n_kv_heads * n_rep, T, D); query head h reads kv head h // n_rep.
+
+    The convention of grouped-query attention (Meta's reference), which SDPA's enable_gqa and the head folding
+    in Attention.forward follow without making this copy; kept as its executable definition."""
     if n_rep == 1:
         return x
     B, n_kv, T, D = x.shape
@@ -52,20 +55,21 @@ class Attention(nn.Module):
 
         n_rep = self.n_heads // self.n_kv_heads
         dropout_p = self.dropout if self.training else 0.0
-        if self.kv_cache is None:
-            # Queries and keys are the same T tokens, so the plain causal mask is exact (a given mask adds padding).
-            y = F.scaled_dot_product_attention(
-                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, is_causal=mask is None,
-                dropout_p=dropout_p,
-            )
-        else:
-            # Never is_causal here: with T queries against kv_len keys the causal corner would be wrong.
+        if self.kv_cache is not None:
             k, v = self.kv_cache.update(positions, k, v, cache_rows)  # (B, n_kv_heads, max_len, head_dim)
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]
-            # No repeat_kv over the cache (a copy of every cached key and value per step): the n_rep query heads
-            # that share kv head g (heads g * n_rep + r, as in repeat_kv) become n_rep * T queries of head g.
+        if mask is None:
+            # Training: queries and keys are the same T tokens, so the plain causal mask is exact. SDPA shares
+            # each kv head among its n_rep query heads itself (query head h reads kv head h // n_rep, as
+            # repeat_kv), without a copy of k and v per query head; on CUDA flash attention supports it.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=True)
+        else:
+            # An explicit mask (never is_causal with a cache: with T queries against kv_len keys the causal
+            # corner would be wrong). The n_rep query heads that share kv head g (heads g * n_rep + r) become
+            # n_rep * T queries of head g: no copy of the keys and values, and on CUDA the memory-efficient
+            # kernel, which takes masks but not enable_gqa (that would fall back to the unfused math kernel).
             q = q.reshape(B, self.n_kv_heads, n_rep * T, self.head_dim)
-            if mask is not None and T > 1:  # rows r * T + t read the mask of t; one row (decode) broadcasts
+            if T > 1:  # rows r * T + t read the mask of t; one row (decode) broadcasts
                 mask = mask.repeat(n_rep, 1) if mask.dim() == 2 else mask.repeat(1, 1, n_rep, 1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
             y = y.view(B, self.n_heads, T, self.head_dim)

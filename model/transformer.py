@@ -110,8 +110,12 @@ class Transformer(nn.Module):
         start_pos: int | torch.Tensor = 0,
         key_mask: torch.Tensor | None = None,
         cache_rows: slice | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for tokens (B, T) at positions start_pos .. start_pos + T - 1.
+
+        return_hidden: the final normed hidden states (B, T, dim) instead, the head's input, for a loss that
+        applies the head itself in chunks (model/loss.py) rather than holding all B * T * vocab_size logits.
 
         Without a cache this is the training forward (causal over the T tokens). With a cache (setup_cache),
         the same call does prefill (T > 1) and decode (T == 1): keys/values are written at their positions and
@@ -168,7 +172,8 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
             h = layer(h, cos, sin, positions, mask, kv_len, cache_rows)
-        return self.output(self.norm(h))  # (B, T, vocab_size)
+        h = self.norm(h)  # (B, T, dim)
+        return h if return_hidden else self.output(h)  # (B, T, vocab_size)
 
     # ---- accounting -------------------------------------------------------------------------------------
 

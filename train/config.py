@@ -78,8 +78,11 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate schedule (counted in optimizer steps)."""
+    """The optimizer and the learning-rate schedule (counted in optimizer steps)."""
 
+    # adamw: AdamW for every parameter. muon: Muon for the 2-D weights inside the transformer blocks, AdamW for
+    # the embedding, the output head (tied or not) and the norms; one lr and schedule for both (train/muon.py)
+    name: Literal["adamw", "muon"] = "adamw"
     lr: float = 3e-4  # peak learning rate
     min_lr: float = 3e-5  # final learning rate of the decay
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # after warmup: cosine, warmup-stable-decay, or flat
@@ -91,7 +94,8 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    fused: bool | None = None  # fused AdamW kernel; None: on for CUDA
+    fused: bool | None = None  # fused AdamW kernel; None: on for CUDA (optim.name=adamw only)
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum (optim.name=muon)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first optim.* key that is out of range."""
@@ -103,7 +107,7 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.schedule == "wsd" and not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
-        for key in ("beta1", "beta2"):
+        for key in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(self, key)}")
         for key in ("weight_decay", "grad_clip"):
@@ -111,6 +115,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
         if self.eps <= 0:
             raise ConfigError(f"optim.eps must be positive, got {self.eps}")
+        if self.name == "muon" and self.fused:
+            raise ConfigError("optim.fused=true is for AdamW: with optim.name=muon leave it unset")
 
 
 @dataclass

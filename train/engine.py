@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from core.device import autocast
 from core.errors import CheckpointError
 from model import Transformer
 from model.checkpoint import WEIGHTS, check_weights, model_state_dict, read_model_config, read_weights
+from model.loss import chunked_cross_entropy
 from train.config import Config
 from train.optim import build_optimizer, set_lr
 from train.parallel import (
@@ -47,9 +47,17 @@ LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
 def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over a micro batch (x, y), computed in fp32."""
+    """Mean next-token cross-entropy over a micro batch (x, y) in fp32, from the final hidden states: the head's
+    logits are made in chunks, never all at once (model/loss.py)."""
     x, y = batch
-    return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
+    hidden = model(x, return_hidden=True)
+    return chunked_cross_entropy(hidden, _head_weight(model), y)
+
+
+def _head_weight(model: nn.Module) -> torch.Tensor:
+    """The output head's weight, read after the forward: under FSDP the all-gathered one (the root unit stays
+    unsharded until backward, whose reduce-scatter then takes its gradient); under DDP the wrapped module's."""
+    return getattr(model, "module", model).output.weight
 
 
 def _to(batch: Any, device: torch.device) -> Any:
@@ -133,8 +141,8 @@ class Engine:
         for x, y in batches:
             x, y = x.to(self.device), y.to(self.device)
             with autocast(self.device, self.plan.autocast_precision):
-                logits = self.model(x)
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+                hidden = self.model(x, return_hidden=True)
+                total += chunked_cross_entropy(hidden, _head_weight(self.model), y, reduction="sum").double()
             count += y.numel()
         if self.plan.world.distributed:
             dist.all_reduce(total)
