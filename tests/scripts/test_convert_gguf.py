@@ -262,7 +262,8 @@ def test_metadata_and_tensor_types(random_ckpt: Path, tmp_path: Path, tiny_token
         assert fields["tokenizer.ggml.add_bos_token"] is False and fields["tokenizer.ggml.add_eos_token"] is False
         ids = [fields[f"tokenizer.ggml.{k}_token_id"] for k in ("unknown", "bos", "eos", "padding")]
         assert ids == [tiny_tokenizer.unk_id, tiny_tokenizer.bos_id, tiny_tokenizer.eos_id, tiny_tokenizer.pad_id]
-        assert "tokenizer.chat_template" not in fields
+        template = tiny_tokenizer.directory / "chat_template.jinja"  # tokenizers trained now carry the template
+        assert fields.get("tokenizer.chat_template") == (template.read_text() if template.is_file() else None)
         matrix = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[dtype]
         assert tensors["blk.1.attn_q.weight"] == tensors["output.weight"] == tensors["token_embd.weight"] == matrix
         assert tensors["blk.0.attn_norm.weight"] == tensors["output_norm.weight"] == "F32"
