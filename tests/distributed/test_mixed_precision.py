@@ -36,7 +36,7 @@ def test_fsdp_bf16_policy(tmp_path, tiny_data, device):
         wq.register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype))
         trainer.fit()
         assert seen and set(seen) == {torch.bfloat16}  # all-gathered in bf16 for compute
-        assert {p.dtype for p in trainer.raw_model.parameters()} == {torch.float32}  # sharded fp32 masters
+        assert {p.dtype for p in trainer.engine.raw_model.parameters()} == {torch.float32}  # sharded fp32 masters
         assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.engine.optimizer.state.values())
     finally:
         close_world()
