@@ -26,6 +26,8 @@ class EncodedBatch:
     val_tokens: np.ndarray
     val_lengths: np.ndarray
     val_bytes: int
+    last_is_val: bool  # the split of the batch's last document (the fallback in prepare_data.py may move it)
+    last_bytes: int  # UTF-8 bytes of that document's text
 
     @property
     def text_bytes(self) -> int:
@@ -45,6 +47,7 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype, va
     ids = tokenizer.encode_batch(texts, eos=True, num_threads=1)  # parallelism comes from the process pool
     docs: dict[bool, list[list[int]]] = {False: [], True: []}  # keyed by "is validation"
     nbytes = {False: 0, True: 0}
+    val, raw = False, b""
     for text, doc in zip(texts, ids, strict=True):
         raw = text.encode("utf-8")
         val = is_validation(raw, val_fraction)
@@ -56,7 +59,7 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype, va
         tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=int(lengths.sum()))
         return tokens, lengths
 
-    return EncodedBatch(*pack(docs[False]), nbytes[False], *pack(docs[True]), nbytes[True])
+    return EncodedBatch(*pack(docs[False]), nbytes[False], *pack(docs[True]), nbytes[True], val, len(raw))
 
 
 # ---- worker processes -----------------------------------------------------------------------------------------

@@ -30,13 +30,14 @@ from core.atomic import atomic_directory
 from core.errors import DataError
 from core.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from data.encode import ParallelEncoder, batch_documents
-from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter, load_manifest, token_dtype
+from data.pieces import PIECE_RULE, PieceStats, cut_documents
+from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, load_manifest, token_dtype
+from data.splits import FALLBACK_RULE, SPLITS, SplitSink
 from Tokenizer import Tokenizer, train_tokenizer
 
 TOKENIZER_SUBDIR = "tokenizer"
 DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around
 BATCH_CHARS = 1 << 18  # characters per work item sent to a worker: big enough to amortize IPC, small for balance
-SPLITS = ("train", "val")
 
 
 def available_cpus() -> int:
@@ -44,12 +45,52 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+SPLIT_RULE = (f"{PIECE_RULE}; a document (or piece) is val when blake2b(utf8 text, digest_size=8) as "
+              f"little-endian uint64 < val_fraction * 2**64; {FALLBACK_RULE}")
+
+
+def dataset_inputs(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+                   shard_tokens: int) -> dict:
+    """Everything the shards depend on: source files (path, size, mtime), tokenizer, split rule, layout."""
+    return {"version": VERSION, "sources": describe_sources(sources), "tokenizer": tokenizer.content_hash,
+            "text_field": text_field, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
+            "split_rule": SPLIT_RULE}
+
+
 def dataset_fingerprint(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
                         shard_tokens: int) -> str:
-    """sha256 over everything the shards depend on: source files (path, size, mtime), tokenizer, split, layout."""
-    identity = {"version": VERSION, "sources": describe_sources(sources), "tokenizer": tokenizer.content_hash,
-                "text_field": text_field, "val_fraction": val_fraction, "shard_tokens": shard_tokens}
+    """sha256 of dataset_inputs(...): equal means the dataset is up to date."""
+    identity = dataset_inputs(sources, tokenizer, text_field, val_fraction, shard_tokens)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _source_name(source: dict) -> str:
+    return source.get("path") or f"{source['kind']}:{source['spec']}"
+
+
+def describe_differences(old: dict | None, new: dict) -> list[str]:
+    """What differs between the dataset_inputs(...) a manifest recorded and the current ones, in words."""
+    if not isinstance(old, dict):
+        return ["it was built by an older version that did not record its inputs"]
+    diffs = []
+    before = {_source_name(s): s for s in old.get("sources", [])}
+    after = {_source_name(s): s for s in new["sources"]}
+    diffs += [f"source {name} added" for name in after if name not in before]
+    diffs += [f"source {name} removed" for name in before if name not in after]
+    for name in (n for n in after if n in before and before[n] != after[n]):
+        a, b = before[name], after[name]
+        what = f"size {a.get('size')} -> {b.get('size')}" if a.get("size") != b.get("size") else "modified"
+        diffs.append(f"source {name} changed ({what})")
+    if not diffs and list(before) != list(after):
+        diffs.append("the sources are in another order")
+    for key in ("text_field", "val_fraction", "shard_tokens"):
+        if old.get(key) != new[key]:
+            diffs.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+    if old.get("tokenizer") != new["tokenizer"]:
+        diffs.append(f"tokenizer {str(old.get('tokenizer'))[:12]} -> {new['tokenizer'][:12]}")
+    if (old.get("version"), old.get("split_rule")) != (new["version"], new["split_rule"]):
+        diffs.append("it was built with another format version or split rule")
+    return diffs
 
 
 def _train_into(directory: Path, sources: list[Source], text_field: str, vocab_size: int, sample_mb: int,
@@ -63,35 +104,30 @@ def _tokenize_into(out: Path, sources: list[Source], tokenizer: Tokenizer, text_
                    workers: int, shard_tokens: int, progress: bool) -> dict:
     """Write the train/val shards into `out`; return the counts that go into the manifest."""
     dtype = token_dtype(tokenizer.vocab_size)
-    stats = SourceStats()
-    writers = {split: SplitWriter(out, split, dtype, shard_tokens) for split in SPLITS}
-    tokens = dict.fromkeys(SPLITS, 0)
-    nbytes = dict.fromkeys(SPLITS, 0)
-    docs = dict.fromkeys(SPLITS, 0)
-    batches = batch_documents(iter_sources(sources, text_field, stats), BATCH_CHARS)
+    stats, piece_stats = SourceStats(), PieceStats()
+    sink = SplitSink(out, dtype, shard_tokens, val_fraction)
+    batches = batch_documents(cut_documents(iter_sources(sources, text_field, stats), piece_stats), BATCH_CHARS)
     start = time.perf_counter()
     with (ParallelEncoder(tokenizer, dtype, val_fraction, workers) as encoder,
           tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True) as bar):
         for enc in encoder.map(batches):
-            for split, toks, lengths, size in (("train", enc.train_tokens, enc.train_lengths, enc.train_bytes),
-                                               ("val", enc.val_tokens, enc.val_lengths, enc.val_bytes)):
-                writers[split].add(toks, lengths)
-                tokens[split] += len(toks)
-                nbytes[split] += size
-                docs[split] += len(lengths)
+            sink.add(enc)
             bar.update(enc.text_bytes)
-            bar.set_postfix(docs=sum(docs.values()), tokens=sum(tokens.values()), refresh=False)
+            bar.set_postfix(docs=sum(sink.documents.values()), tokens=sum(sink.tokens.values()), refresh=False)
     seconds = time.perf_counter() - start
     if stats.documents == 0:
         raise DataError(f"the sources hold no documents: {', '.join(s.location for s in sources[:5])}"
                         f"{' ...' if len(sources) > 5 else ''}")
-    shards = writers["train"].close() + writers["val"].close()
+    shards = sink.close()
+    tokens, nbytes, docs = sink.tokens, sink.bytes, sink.documents
     total_tokens, total_bytes = sum(tokens.values()), sum(nbytes.values())
     return {
         "dtype": dtype.name,
         "header_bytes": HEADER_BYTES,
         "shards": shards,
-        "documents": {**docs, "total": stats.documents},
+        "documents": {**docs, "total": sum(docs.values())},
+        "pieces": piece_stats.as_manifest(),
+        "split_fallback": sink.fallback,
         "empty_documents_skipped": stats.empty_documents,
         "tokens": {**tokens, "total": total_tokens},
         "source_bytes": {**nbytes, "total": total_bytes},
@@ -176,8 +212,11 @@ def prepare_dataset(
             if progress:
                 print(f"{out} is up to date ({manifest['tokens']['total']:,} tokens); --force rebuilds it")
             return out
-        raise DataError(f"{out} holds a dataset built from other inputs or another tokenizer; "
-                        "rebuild it (prepare_data.py --force) or remove it")
+        diffs = (describe_differences(manifest.get("inputs"),
+                                      dataset_inputs(resolved, tokenizer, text_field, val_fraction, shard_tokens))
+                 if tokenizer is not None else ["its tokenizer is to be trained anew"])
+        raise DataError(f"{out} holds a dataset built from other inputs ({'; '.join(diffs[:4])}"
+                        f"{'; ...' if len(diffs) > 4 else ''}): rebuild it (prepare_data.py --force) or remove it")
     _check_out_dir(out, force)
 
     with atomic_directory(out) as tmp:
@@ -192,6 +231,7 @@ def prepare_dataset(
             "format": FORMAT,
             "version": VERSION,
             "fingerprint": dataset_fingerprint(resolved, tokenizer, text_field, val_fraction, shard_tokens),
+            "inputs": dataset_inputs(resolved, tokenizer, text_field, val_fraction, shard_tokens),
             "tokenizer": {
                 "hash": tokenizer.content_hash,
                 "vocab_size": tokenizer.vocab_size,
@@ -202,8 +242,7 @@ def prepare_dataset(
             "sources": sources,
             "text_field": text_field,
             "val_fraction": val_fraction,
-            "split_rule": "a document is val when blake2b(utf8 text, digest_size=8) as little-endian uint64 "
-                          "< val_fraction * 2**64",
+            "split_rule": SPLIT_RULE,
             **counts,
             "workers": workers,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
