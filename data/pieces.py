@@ -25,8 +25,8 @@ from dataclasses import dataclass
 MAX_DOCUMENT_CHARS = 1 << 16  # longer documents are cut
 PIECE_CHARS = 1 << 13  # minimum piece length; pieces are mostly under 2 x PIECE_CHARS characters
 PIECE_RULE = (f"a document longer than {MAX_DOCUMENT_CHARS} characters is cut after the first blank line at least "
-              f"{PIECE_CHARS} characters into each piece (else line break, else space, else hard at {2 * PIECE_CHARS}); "
-              f"no cut leaves fewer than {PIECE_CHARS} characters after it")
+              f"{PIECE_CHARS} characters into each piece (else line break, else space, else hard at "
+              f"{2 * PIECE_CHARS}); no cut leaves fewer than {PIECE_CHARS} characters after it")
 
 
 @dataclass
