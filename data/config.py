@@ -13,7 +13,9 @@ class DataConfig:
 
     # files, directories, globs, hf:NAME[:CONFIG][@SPLIT], or builtin:python-stdlib
     sources: list[str] = field(default_factory=lambda: ["builtin:python-stdlib"])
-    dataset_dir: str | None = None  # prepared shards + manifest.json; None: out/datasets/<config name>
+    # prepared shards + manifest.json; None: out/datasets/<config name>-<hash of the other data settings and
+    # model.vocab_size>, so other sources get their own dataset (data/dataset_dir.py)
+    dataset_dir: str | None = None
     # SentencePiece model directory; None: <dataset_dir>/tokenizer, trained with model.vocab_size when missing
     tokenizer_dir: str | None = None
     text_field: str = "text"  # field holding the text in .jsonl / .parquet sources

@@ -19,6 +19,7 @@ from core.configio import apply_overrides, build, dump_yaml, load_yaml_tree
 from core.device import check_device_name
 from core.errors import ConfigError
 from data.config import DataConfig
+from data.dataset_dir import default_dataset_dir
 from model.config import ModelConfig
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit seed
@@ -199,13 +200,16 @@ def config_from_dict(raw: dict) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, world_size: int = 1) -> Config:
-    """YAML file (+ base) -> overrides -> typed Config -> validate(). `train.out_dir` defaults to out/<file stem>."""
+    """YAML file (+ base) -> overrides -> typed Config -> validate(). `train.out_dir` defaults to out/<file stem>,
+    `data.dataset_dir` to out/datasets/<file stem>-<hash of the data settings>."""
     raw = apply_overrides(load_yaml_tree(path), overrides or [])
     cfg = config_from_dict(raw)
     if cfg.train.out_dir is None:
         cfg.train.out_dir = str(Path("out") / Path(path).stem)
     if cfg.data.dataset_dir is None:
-        # Under out/, not ./datasets/: a top-level datasets/ folder would shadow the Hugging Face package.
-        cfg.data.dataset_dir = str(Path("out") / "datasets" / Path(path).stem)
+        d = cfg.data
+        cfg.data.dataset_dir = str(default_dataset_dir(Path(path).stem, d.sources, cfg.model.vocab_size,
+                                                       d.tokenizer_dir, d.text_field, d.val_fraction,
+                                                       d.tokenizer_sample_mb))
     cfg.validate(world_size)
     return cfg

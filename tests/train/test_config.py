@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from core.configio import apply_overrides, load_yaml_tree, parse_yaml
 from core.errors import ConfigError
 from data.config import DataConfig
+from data.dataset_dir import data_settings_hash
 from model import ModelConfig
 from train.config import Config, LogConfig, OptimConfig, TrainConfig, config_from_dict, load_config
 
@@ -55,7 +57,26 @@ def test_load_yaml_file(tmp_path):
     assert cfg.data.sources == ["a.txt", "hf:wikitext"]
     # Paths derived from the file name.
     assert cfg.train.out_dir == str(Path("out") / "exp")
-    assert cfg.data.dataset_dir == str(Path("out") / "datasets" / "exp")
+    assert cfg.data.dataset_dir == str(Path("out") / "datasets" / f"exp-{data_settings_hash(**data_settings(cfg))}")
+
+
+def data_settings(cfg: Config) -> dict:
+    d = cfg.data
+    return {"sources": d.sources, "vocab_size": cfg.model.vocab_size, "tokenizer_dir": d.tokenizer_dir,
+            "text_field": d.text_field, "val_fraction": d.val_fraction, "tokenizer_sample_mb": d.tokenizer_sample_mb}
+
+
+def test_default_dataset_dir_follows_the_data_settings(tmp_path):
+    path = write(tmp_path / "exp.yaml", "data:\n  sources: [a.txt]\n")
+    base = load_config(path).data.dataset_dir
+    assert re.fullmatch(r"out/datasets/exp-[0-9a-f]{8}", Path(base).as_posix())
+    assert load_config(path).data.dataset_dir == base  # stable
+    assert load_config(path, ["data.workers=3", "train.max_steps=500"]).data.dataset_dir == base  # same dataset
+    others = [load_config(path, [o]).data.dataset_dir for o in (
+        "data.sources=[b.txt]", "data.sources=[a.txt,b.txt]", "model.vocab_size=512", "data.tokenizer_dir=tok",
+        "data.text_field=body", "data.val_fraction=0.1", "data.tokenizer_sample_mb=8")]
+    assert len({base, *others}) == 1 + len(others)  # each setting that changes the dataset changes the name
+    assert load_config(path, ["data.dataset_dir=mine"]).data.dataset_dir == "mine"  # explicit: used as given
 
 
 def test_empty_file_gives_defaults(tmp_path):
