@@ -182,3 +182,20 @@ def test_cli_as_a_file_prints_one_line_and_exits_2(tmp_path):
     message = f"error: {bad}:2: no 'text' field (set --text-field / data.text_field)"
     assert result.stderr.strip().splitlines() == [message]
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_dataset_built_from_other_inputs_is_refused_naming_what_differs(tmp_path, corpus_dir, data_tokenizer):
+    out = prepare(corpus_dir, tmp_path / "ds", data_tokenizer, val_fraction=0.1)
+    (corpus_dir / "a_0000.txt").write_text("longer than it was before, so its size differs\n" * 3)
+    (corpus_dir / "a_9999.txt").write_text("a new document")
+    with pytest.raises(DataError) as err:
+        prepare(corpus_dir, out, data_tokenizer, val_fraction=0.2)
+    message = str(err.value)
+    assert f"source {os.path.abspath(corpus_dir / 'a_9999.txt')} added" in message
+    assert f"source {os.path.abspath(corpus_dir / 'a_0000.txt')} changed (size " in message
+    assert "val_fraction 0.1 -> 0.2" in message and message.endswith("--force) or remove it")
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["inputs"]  # as written before manifests recorded their inputs
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="built by an older version that did not record its inputs"):
+        prepare(corpus_dir, out, data_tokenizer, val_fraction=0.2)
