@@ -7,12 +7,43 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import UserError
+from core.lock import _alive as process_alive  # the one liveness check (a lock holder's, a writer's)
+
+# A temporary directory's name says which process owns it, so that a later run can tell a dead writer's leftovers
+# from a live writer's work: .tmp-<final name>-<8 hex>-<pid>@<host>. Host names hold no "@", so the name parses
+# from the right whatever the final name is.
+_TEMPORARY = re.compile(r"\.tmp-.+-[0-9a-f]{8}-(?P<pid>\d+)@(?P<host>[^@]+)")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "unknown"
+
+
+def remove_stale_temporaries(parent: str | Path, own: str | Path | None = None) -> list[Path]:
+    """Delete the temporary directories in `parent` that atomic_directory left behind when its process was killed:
+    those whose owner process (recorded in the name) ran on this host and is gone, and that are not newer than
+    `own` (the caller's own temporary directory). A live writer's directory, another host's, or one of an unknown
+    format is kept. Returns the directories removed."""
+    parent = Path(parent)
+    own = Path(own) if own is not None else None
+    newest = own.stat().st_mtime if own is not None else float("inf")
+    host, removed = _host(), []
+    for path in sorted(parent.glob(".tmp-*")) if parent.is_dir() else []:
+        match = _TEMPORARY.fullmatch(path.name)
+        if path == own or match is None or match["host"] != host or not path.is_dir():
+            continue
+        if path.stat().st_mtime <= newest and not process_alive(int(match["pid"]), None):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _fsync_tree(root: Path) -> None:
@@ -26,10 +57,10 @@ def _fsync_tree(root: Path) -> None:
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside `final`; on success its files are synced and it is renamed to `final`
     (replacing an older one). On an error, or if the process dies, `final` is untouched; a killed process
-    leaves a `.tmp-<name>-*` sibling that the next writer may delete."""
+    leaves a `.tmp-<name>-*` sibling naming its pid and host, which remove_stale_temporaries() deletes later."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{_host()}"
     tmp.mkdir()
     try:
         yield tmp

@@ -26,7 +26,7 @@ import time
 from tqdm import tqdm
 
 from core import cli
-from core.atomic import atomic_directory
+from core.atomic import atomic_directory, remove_stale_temporaries
 from core.errors import DataError
 from core.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from data.encode import ParallelEncoder, batch_documents
@@ -220,6 +220,9 @@ def prepare_dataset(
     _check_out_dir(out, force)
 
     with atomic_directory(out) as tmp:
+        for stale in remove_stale_temporaries(out.parent, own=tmp):  # left by a killed preparation
+            if progress:
+                print(f"removed {stale} (left by a killed preparation)")
         if tokenizer is None:
             tokenizer = _train_into(tmp / TOKENIZER_SUBDIR, resolved, text_field, vocab_size, tokenizer_sample_mb,
                                     progress)
