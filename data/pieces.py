@@ -5,7 +5,7 @@ split. A document longer than MAX_DOCUMENT_CHARS is therefore cut into pieces of
 each piece is split, tokenized and terminated with EOS like a document of its own. Why these sizes:
 
 - 65,536 characters keeps ordinary documents whole (a source file, an article, a web page: the whole Python
-  standard library except 32 of its 662 files), so their split stays per document.
+  standard library except 32 of its 659 documents), so their split stays per document.
 - 8,192 characters (about 2K tokens, more than a typical training window) makes a 1 MB novel about 128 pieces, so
   a 5% validation split is about 6 whole pieces; a 0.5% split (about 0.6 pieces on average) is guaranteed its
   piece by the fallback in prepare_data.py (the last piece of the corpus goes to an otherwise empty split).
