@@ -38,15 +38,13 @@ from Tokenizer import Tokenizer, train_tokenizer
 TOKENIZER_SUBDIR = "tokenizer"
 DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around
 BATCH_CHARS = 1 << 18  # characters per work item sent to a worker: big enough to amortize IPC, small for balance
+SPLIT_RULE = (f"{PIECE_RULE}; a document (or piece) is val when blake2b(utf8 text, digest_size=8) as "
+              f"little-endian uint64 < val_fraction * 2**64; {FALLBACK_RULE}")
 
 
 def available_cpus() -> int:
     """CPUs this process may run on (respects taskset / container CPU sets)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-SPLIT_RULE = (f"{PIECE_RULE}; a document (or piece) is val when blake2b(utf8 text, digest_size=8) as "
-              f"little-endian uint64 < val_fraction * 2**64; {FALLBACK_RULE}")
 
 
 def dataset_inputs(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
@@ -90,7 +88,7 @@ def describe_differences(old: dict | None, new: dict) -> list[str]:
         diffs.append(f"tokenizer {str(old.get('tokenizer'))[:12]} -> {new['tokenizer'][:12]}")
     if (old.get("version"), old.get("split_rule")) != (new["version"], new["split_rule"]):
         diffs.append("it was built with another format version or split rule")
-    return diffs
+    return diffs or ["its recorded inputs differ"]
 
 
 def _train_into(directory: Path, sources: list[Source], text_field: str, vocab_size: int, sample_mb: int,
