@@ -8,13 +8,13 @@ each piece is split, tokenized and terminated with EOS like a document of its ow
   standard library except 32 of its 659 documents), so their split stays per document.
 - 8,192 characters (about 2K tokens, more than a typical training window) makes a 1 MB novel about 128 pieces, so
   a 5% validation split is about 6 whole pieces; a 0.5% split (about 0.6 pieces on average) is guaranteed its
-  piece by the fallback in prepare_data.py (the last piece of the corpus goes to an otherwise empty split).
+  piece by the fallback in data/splits.py (the last piece of the corpus goes to an otherwise empty split).
 
 Cuts fall on the first paragraph break (a blank line) at least PIECE_CHARS into the piece; when there is none
 within 2 x PIECE_CHARS, on the first line break, then the first space, else at 2 x PIECE_CHARS. A cut that would
-leave fewer than PIECE_CHARS characters is not made (the rest stays with the last piece, which is then under
-3 x PIECE_CHARS). The pieces depend on the text only (not on the source order or the
-worker count), and concatenated they give back the document exactly.
+leave fewer than PIECE_CHARS characters is not made (the rest stays with the last piece, which can then reach
+about 3 x PIECE_CHARS). The pieces depend on the text only (not on the source order or the worker count), and
+concatenated they give back the document exactly.
 """
 
 from __future__ import annotations
