@@ -252,6 +252,12 @@ def prepare_dataset(
     if progress:
         print(f"wrote {out}: {manifest['tokens']['train']:,} train + {manifest['tokens']['val']:,} val tokens "
               f"({manifest['bytes_per_token']['total']:.2f} bytes/token, {manifest['replaced_bytes']} bytes replaced)")
+        pieces, fallback = manifest["pieces"], manifest["split_fallback"]
+        if pieces["documents_cut"]:
+            print(f"{pieces['documents_cut']:,} document(s) longer than {pieces['max_document_chars']:,} characters "
+                  f"were cut into {pieces['pieces']:,} pieces for the split")
+        if fallback:
+            print(f"the {fallback} split would have been empty: the last document went to it")
     return out
 
 

@@ -112,11 +112,14 @@ def test_pieces_are_reproducible_across_runs_and_worker_counts(tmp_path, novel, 
 
 
 @pytest.mark.parametrize(("val_fraction", "moved_to"), [(1e-12, "val"), (1 - 1e-12, "train")])
-def test_the_last_piece_fills_an_empty_split(tmp_path, novel, novel_tokenizer, val_fraction, moved_to):
+def test_the_last_piece_fills_an_empty_split(tmp_path, novel, novel_tokenizer, val_fraction, moved_to, capsys):
     text = novel[:200_000]
     (tmp_path / "novel.txt").write_text(text, encoding="utf-8")
     out = prepare_dataset([str(tmp_path / "novel.txt")], tmp_path / "ds", tokenizer_dir=novel_tokenizer.directory,
-                          val_fraction=val_fraction, workers=1, progress=False)
+                          val_fraction=val_fraction, workers=1, progress=True)
+    printed = capsys.readouterr().out
+    assert f"cut into {len(cut_document(text))} pieces" in printed
+    assert f"the {moved_to} split would have been empty: the last document went to it" in printed
     m = load_manifest(out)
     pieces = cut_document(text)
     assert m["split_fallback"] == moved_to and m["documents"][moved_to] == 1
