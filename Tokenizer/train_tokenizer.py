@@ -27,7 +27,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from core import cli
-from core.atomic import atomic_directory
+from core.atomic import atomic_directory, remove_stale_temporaries
 from core.errors import ConfigError, DataError
 from core.sources import iter_documents
 from Tokenizer.chat import DEFAULT_TEMPLATE
@@ -133,6 +133,7 @@ def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
             raise DataError(f"{out_dir} exists and holds files that are not a tokenizer ({', '.join(foreign[:3])}); "
                             "choose a new or empty directory")
     with atomic_directory(out_dir) as tmp:
+        remove_stale_temporaries(out_dir.parent, own=tmp)  # left by a training killed while writing
         for name, data in files.items():
             (tmp / name).write_bytes(data)
 

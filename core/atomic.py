@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import UserError
-from core.lock import _alive as process_alive  # the one liveness check (a lock holder's, a writer's)
+from core.lock import process_alive  # the one liveness check (a lock holder's, a writer's)
 
 # A temporary directory's name says which process owns it, so that a later run can tell a dead writer's leftovers
 # from a live writer's work: .tmp-<final name>-<8 hex>-<pid>@<host>. Host names hold no "@", so the name parses

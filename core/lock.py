@@ -42,7 +42,7 @@ def _start_ticks(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _alive(pid: int, start_ticks: int | None) -> bool:
+def process_alive(pid: int, start_ticks: int | None = None) -> bool:
     """True when process `pid` exists on this machine and, when known, started at `start_ticks` (not a reuse)."""
     try:
         os.kill(pid, 0)
@@ -99,7 +99,7 @@ class DirectoryLock:
         holder = self._read(fd)
         if holder:
             here = holder.get("host") == socket.gethostname()
-            alive = here and _alive(int(holder.get("pid", -1)), holder.get("start_ticks"))
+            alive = here and process_alive(int(holder.get("pid", -1)), holder.get("start_ticks"))
             # Alive with the flock free: flock is unsupported here, or the record is this very process's own.
             if alive and (holder.get("pid") != os.getpid() or not flock_works):
                 raise self._busy(holder)
