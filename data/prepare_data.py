@@ -31,7 +31,7 @@ from core.errors import DataError
 from core.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from data.encode import ParallelEncoder, batch_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter, load_manifest, token_dtype
-from Tokenizer import Tokenizer, train_tokenizer
+from Tokenizer import TextTokenizer, has_tokenizer, load_tokenizer, train_tokenizer
 
 TOKENIZER_SUBDIR = "tokenizer"
 DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around
@@ -44,7 +44,7 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def dataset_fingerprint(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+def dataset_fingerprint(sources: list[Source], tokenizer: TextTokenizer, text_field: str, val_fraction: float,
                         shard_tokens: int) -> str:
     """sha256 over everything the shards depend on: source files (path, size, mtime), tokenizer, split, layout."""
     identity = {"version": VERSION, "sources": describe_sources(sources), "tokenizer": tokenizer.content_hash,
@@ -53,13 +53,13 @@ def dataset_fingerprint(sources: list[Source], tokenizer: Tokenizer, text_field:
 
 
 def _train_into(directory: Path, sources: list[Source], text_field: str, vocab_size: int, sample_mb: int,
-                progress: bool) -> Tokenizer:
+                progress: bool) -> TextTokenizer:
     """Train a tokenizer on the first sample_mb MB of the sources and write it (atomically) into `directory`."""
     return train_tokenizer(iter_sources(sources, text_field), vocab_size, directory, sample_mb=sample_mb,
                            progress=progress)
 
 
-def _tokenize_into(out: Path, sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+def _tokenize_into(out: Path, sources: list[Source], tokenizer: TextTokenizer, text_field: str, val_fraction: float,
                    workers: int, shard_tokens: int, progress: bool) -> dict:
     """Write the train/val shards into `out`; return the counts that go into the manifest."""
     dtype = token_dtype(tokenizer.vocab_size)
@@ -157,8 +157,8 @@ def prepare_dataset(
     tok_dir, inside = tokenizer_location(out, tokenizer_dir)
     retrain = inside and force and vocab_size is not None
     tokenizer = None
-    if (tok_dir / "tokenizer.model").is_file() and not retrain:
-        tokenizer = Tokenizer.load(tok_dir)
+    if has_tokenizer(tok_dir) and not retrain:
+        tokenizer = load_tokenizer(tok_dir)
     elif vocab_size is None:
         raise DataError(f"no tokenizer at {tok_dir}: pass --tokenizer DIR (an existing one) or --vocab-size N "
                         "(train one)")
@@ -186,7 +186,7 @@ def prepare_dataset(
                                     progress)
         elif inside:  # the old out_dir (tokenizer included) is replaced as a whole, so carry the tokenizer over
             shutil.copytree(tok_dir, tmp / TOKENIZER_SUBDIR)
-            tokenizer = Tokenizer.load(tmp / TOKENIZER_SUBDIR)
+            tokenizer = load_tokenizer(tmp / TOKENIZER_SUBDIR)
         counts = _tokenize_into(tmp, resolved, tokenizer, text_field, val_fraction, workers, shard_tokens, progress)
         manifest = {
             "format": FORMAT,

@@ -47,14 +47,15 @@ CASES = [
 ]
 
 
-def tiny_hf(n_kv_heads: int, tied: bool, theta: float, seed: int = 0) -> LlamaForCausalLM:
-    """A tiny random transformers Llama, eager attention, fp32."""
-    cfg = LlamaConfig(
+def tiny_hf(n_kv_heads: int, tied: bool, theta: float, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A tiny random transformers Llama, eager attention, fp32 (`overrides`: other LlamaConfig arguments)."""
+    fields = dict(
         vocab_size=VOCAB, hidden_size=DIM, intermediate_size=FFN, num_hidden_layers=N_LAYERS,
         num_attention_heads=N_HEADS, num_key_value_heads=n_kv_heads, max_position_embeddings=MAX_LEN,
         rms_norm_eps=1e-5, tie_word_embeddings=tied, rope_parameters={"rope_type": "default", "rope_theta": theta},
         attn_implementation="eager",
     )
+    cfg = LlamaConfig(**{**fields, **overrides})
     model = LlamaForCausalLM(cfg)
     randomize(model, seed)
     return model.eval()
@@ -208,18 +209,25 @@ def test_rope_theta_read_from_either_layout(extra, theta):
     ("extra", "message"),
     [
         ({"model_type": "mistral"}, "only 'llama'"),
-        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, "'llama3' is not supported"),
-        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "'linear' is not supported"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+         "rope_parameters.low_freq_factor is missing"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling.rope_type 'linear' is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+         "rope_parameters.rope_type 'yarn' is not supported"),
+        ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type 'dynamic' is not supported"),
         ({"attention_bias": True}, "attention_bias"),
         ({"mlp_bias": True}, "mlp_bias"),
+        ({"sliding_window": 4096}, "sliding_window=4096 is not supported"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-        ({"head_dim": 32}, "head_dim (32)"),
+        ({"head_dim": 7}, "head_dim (7, dim / n_heads unless set) must be even"),
+        ({"head_dim": 0}, "head_dim must be a positive integer"),
         ({"intermediate_size": None}, "'intermediate_size'"),
     ],
-    ids=["model-type", "llama3-rope", "linear-rope-v4", "attn-bias", "mlp-bias", "gelu", "head-dim", "no-ffn"],
+    ids=["model-type", "llama3-incomplete", "linear-rope-v4", "yarn-rope-v5", "dynamic-rope", "attn-bias", "mlp-bias",
+         "sliding-window", "gelu", "odd-head-dim", "zero-head-dim", "no-ffn"],
 )
 def test_unsupported_configs_are_rejected(extra, message):
-    with pytest.raises(CheckpointError, match=r"^config\.json: ") as err:
+    with pytest.raises(CheckpointError, match=r"^config\.json[: ]") as err:
         model_config_from_hf({**BASE_HF, **extra})
     assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -386,9 +394,13 @@ def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path, tokenizer_dir):
 def test_import_with_our_tokenizer(tmp_path, tiny_tokenizer):
     from Tokenizer import Tokenizer
 
-    tiny_hf(2, True, 10000.0).save_pretrained(tmp_path / "hf")
+    tiny_hf(2, True, 10000.0, vocab_size=tiny_tokenizer.vocab_size).save_pretrained(tmp_path / "hf")
     out = import_checkpoint(tmp_path / "hf", tmp_path / "ours", tokenizer_dir=tiny_tokenizer.directory)
     assert Tokenizer.load(out / "tokenizer").content_hash == tiny_tokenizer.content_hash
     with pytest.raises(DataError, match="nowhere"):
         import_checkpoint(tmp_path / "hf", tmp_path / "ours2", tokenizer_dir=tmp_path / "nowhere")
     assert not (tmp_path / "ours2").exists()
+    tiny_hf(2, True, 10000.0).save_pretrained(tmp_path / "small")  # 128 embeddings for a 512-id tokenizer
+    with pytest.raises(CheckpointError, match="has 512 ids but config.json's vocab_size is 128"):
+        import_checkpoint(tmp_path / "small", tmp_path / "ours3", tokenizer_dir=tiny_tokenizer.directory)
+    assert not (tmp_path / "ours3").exists()
