@@ -214,7 +214,8 @@ def test_rope_theta_read_from_either_layout(extra, theta):
         ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling.rope_type 'linear' is not supported"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
          "rope_parameters.rope_type 'yarn' is not supported"),
-        ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type 'dynamic' is not supported"),
+        ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+         "rope_scaling.rope_type 'dynamic' is not supported"),
         ({"attention_bias": True}, "attention_bias"),
         ({"mlp_bias": True}, "mlp_bias"),
         ({"sliding_window": 4096}, "sliding_window=4096 is not supported"),
@@ -401,6 +402,6 @@ def test_import_with_our_tokenizer(tmp_path, tiny_tokenizer):
         import_checkpoint(tmp_path / "hf", tmp_path / "ours2", tokenizer_dir=tmp_path / "nowhere")
     assert not (tmp_path / "ours2").exists()
     tiny_hf(2, True, 10000.0).save_pretrained(tmp_path / "small")  # 128 embeddings for a 512-id tokenizer
-    with pytest.raises(CheckpointError, match="has 512 ids but config.json's vocab_size is 128"):
+    with pytest.raises(CheckpointError, match=r"has 512 ids but config\.json.s vocab_size is 128"):
         import_checkpoint(tmp_path / "small", tmp_path / "ours3", tokenizer_dir=tiny_tokenizer.directory)
     assert not (tmp_path / "ours3").exists()

@@ -219,7 +219,7 @@ def test_tokenizer_ids_match_autotokenizer(imported):
 
 
 def test_greedy_generation_matches_transformers(imported):
-    style, hf_dir, hf_model, out = imported
+    _, hf_dir, hf_model, out = imported
     gen = Generator.from_checkpoint(out, device="cpu", dtype="fp32")
     prompt = "def f(x):\n    return x"
     ids = gen.encode(prompt)  # BOS first exactly when the tokenizer's model expects it
@@ -244,7 +244,7 @@ CONFIG_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
 
 
 def test_export_after_import_reproduces_the_original(imported, tmp_path):
-    style, hf_dir, _, out = imported
+    _, hf_dir, _, out = imported
     export_checkpoint(out, tmp_path / "back")
     original = json.loads((hf_dir / "config.json").read_text())
     back = json.loads((tmp_path / "back/config.json").read_text())
