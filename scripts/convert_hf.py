@@ -8,8 +8,9 @@ model.safetensors, generation_config.json (when the tokenizer names BOS/EOS) and
 `transformers.AutoModelForCausalLM.from_pretrained(HF_DIR)` gives a LlamaForCausalLM with the same logits.
 `import` reads a local Llama directory (config.json + model.safetensors, or shards listed in
 model.safetensors.index.json) and writes a weights-only checkpoint (model.safetensors, whose header holds the
-model config) with the model's own tokenizer in tokenizer/ (tokenizer.json and its config files, tokenizer.model, generation_config.json;
-a directory with only a SentencePiece tokenizer.model gets a tokenizer.json made by transformers).
+model config) with the model's own tokenizer in tokenizer/ (tokenizer.json and its config files, tokenizer.model,
+generation_config.json; a directory with only a SentencePiece tokenizer.model gets a tokenizer.json made by
+transformers). It prints the model section to put in a training config for `train.init_from`.
 
 Only the weight names and the RoPE layout of wq/wk differ between the two formats; both are handled here, the
 layout in exactly one function pair (`permute_for_hf`, `unpermute_from_hf`). The weights and configs are read and
@@ -21,6 +22,7 @@ lone tokenizer.model use it. RoPE scaling of type llama3 (Llama 3.1/3.2) is read
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -37,13 +39,20 @@ if __name__ == "__main__":
     quiet_interrupts()  # a Ctrl-C during the imports below exits 130 without a traceback
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from core import cli  # noqa: E402
 from core.atomic import atomic_directory, check_output_dir, mark_output_dir  # noqa: E402
 from core.errors import CheckpointError, UserError  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
-from model.checkpoint import TOKENIZER, load_model, model_state_dict, save_model_checkpoint  # noqa: E402
+from model.checkpoint import (  # noqa: E402
+    TOKENIZER,
+    load_model,
+    model_state_dict,
+    read_model_config,
+    save_model_checkpoint,
+)
 from model.config import RopeScaling  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -486,9 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         if args.command == "export":
             out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
-        else:
-            out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite, args.tokenizer)
+            print(f"wrote {out}")
+            return
+        out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite, args.tokenizer)
         print(f"wrote {out}")
+        # Fine-tuning with train.init_from needs this exact architecture in the training YAML.
+        model = {"model": dataclasses.asdict(read_model_config(out))}
+        print("model section for a training config (train.init_from):\n" + yaml.safe_dump(model, sort_keys=False),
+              end="")
 
     return cli.run(run)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,8 @@ from Tokenizer.hf_tokenizer import HFTokenizer  # noqa: E402
 from train.checkpoint import load_model  # noqa: E402
 
 hf_logging.disable_progress_bar()
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 TOL = 1e-4
 SAMPLES = [
@@ -160,7 +164,7 @@ def build_hf_dir(root: Path, style: Style, seed: int = 0) -> tuple[Path, LlamaFo
 
 
 @pytest.fixture(scope="module", params=list(STYLES))
-def imported(request, tmp_path_factory):
+def imported(request, tmp_path_factory) -> tuple[Style, Path, LlamaForCausalLM, Path]:
     """(style, HF directory, transformers model, our imported checkpoint directory) per style."""
     style = STYLES[request.param]
     root = tmp_path_factory.mktemp(style.name)
@@ -227,13 +231,36 @@ def test_greedy_generation_matches_transformers(imported):
     done = gen.generate(prompt, max_new_tokens=12, sampling=SamplingParams(temperature=0.0))[0]
     eos = gen.tokenizer.eos_id
     with torch.no_grad():
-        expected = hf_model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=eos,
+        expected = hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=12, do_sample=False, eos_token_id=eos,
                                      pad_token_id=eos)[0, len(ids):].tolist()
     if expected[-1] == eos:  # transformers keeps the EOS it stopped at; our completions leave it out
         expected = expected[:-1]
         assert done.finish_reason == "eos"
     assert done.token_ids == expected
     assert done.text == gen.tokenizer.decode(expected)
+
+
+@pytest.mark.parametrize("imported", ["llama32"], indirect=True)
+def test_run_inference_on_an_imported_model(imported):
+    """The command line, as users run it, continues a prompt exactly as transformers does (greedy, BOS added)."""
+    _, hf_dir, hf_model, out = imported
+    prompt = "Hello world"
+    result = subprocess.run(
+        [sys.executable, "run_inference.py", "--checkpoint", str(out), "--prompt", prompt, "--temperature", "0",
+         "--max-new-tokens", "6", "--device", "cpu", "--dtype", "fp32"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    ids = AutoTokenizer.from_pretrained(hf_dir)(prompt)["input_ids"]
+    tokenizer = load_tokenizer(out / "tokenizer")
+    with torch.no_grad():
+        expected = hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=6, do_sample=False, eos_token_id=tokenizer.eos_id,
+                                     pad_token_id=tokenizer.eos_id)[0, len(ids):].tolist()
+    if expected[-1] == tokenizer.eos_id:
+        expected = expected[:-1]
+    assert result.stdout == tokenizer.decode(expected) + "\n"
 
 
 # ---- export after import -----------------------------------------------------------------------------------------
