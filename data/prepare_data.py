@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="files, directories, globs, hf:NAME[:CONFIG][@SPLIT], builtin:python-stdlib")
     p.add_argument("--out", required=True, help="output dataset directory")
     tok = p.add_mutually_exclusive_group()
-    tok.add_argument("--tokenizer", help="existing tokenizer directory (default: OUT/tokenizer)")
+    tok.add_argument("--tokenizer", help="existing tokenizer directory, ours (tokenizer.model) or a Hugging Face "
+                     "tokenizer.json (an imported model's checkpoint/tokenizer) (default: OUT/tokenizer)")
     tok.add_argument("--vocab-size", type=int, help="train a tokenizer with this many ids into OUT/tokenizer")
     p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text (default: text)")
     p.add_argument("--val-fraction", type=float, default=0.005, help="fraction of documents held out (default 0.005)")

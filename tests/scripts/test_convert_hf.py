@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from core.errors import CheckpointError, DataError
 from model import ModelConfig, Transformer
 from model.checkpoint import load_model, save_model_checkpoint
+from model.config import RopeScaling
 from scripts import convert_hf
 from scripts.convert_hf import (
     export_checkpoint,
@@ -144,6 +145,23 @@ def test_export_loads_in_transformers_with_matching_logits(tmp_path, n_kv_heads,
     toks = tokens()
     expected = our_logits(ours, toks)
     assert expected.std() > 0.5
+    assert (hf_logits(hf.eval(), toks) - expected).abs().max() <= TOL
+
+
+def test_export_llama3_scaling_and_head_dim_load_in_transformers(tmp_path):
+    """Our model with llama3 RoPE scaling and heads wider than dim / n_heads, exported: transformers reads both."""
+    scaling = RopeScaling(type="llama3", factor=16.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_seq_len=16)
+    ours = tiny_ours(2, True, 500000.0, head_dim=32, rope_scaling=scaling)
+    save_ours(ours, tmp_path / "ckpt")
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, attn_implementation="eager")
+    assert hf.config.head_dim == 32
+    assert hf.config.rope_parameters == {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 16}
+    toks = torch.randint(0, VOCAB, (2, MAX_LEN), generator=torch.Generator().manual_seed(2))  # 4x the threshold
+    expected = our_logits(ours, toks)
     assert (hf_logits(hf.eval(), toks) - expected).abs().max() <= TOL
 
 
