@@ -85,8 +85,9 @@ class ModelConfig:
         return {
             "dim": self.dim, "n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.kv_heads,
             "ffn_hidden_dim": self.hidden_dim, "vocab_size": self.vocab_size, "norm_eps": self.norm_eps,
-            "head_dim": self.head_dim, "rope_theta": self.rope_theta, "rope_scaling": asdict(self.rope_scaling),
-            "tie_embeddings": self.tie_embeddings,
+            "head_dim": self.head_dim, "rope_theta": self.rope_theta, "tie_embeddings": self.tie_embeddings,
+            # the llama3 numbers matter only when that scaling is on
+            "rope_scaling": asdict(self.rope_scaling) if self.rope_scaling.type != "none" else {"type": "none"},
         }
 
     def validate(self, prefix: str = "") -> None:

@@ -17,13 +17,13 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import models, pre_tokenizers, processors  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
+from data.dataset import TokenDataset  # noqa: E402
 from data.shards import read_header  # noqa: E402
 from inference import Generator  # noqa: E402
+from model.checkpoint import load_model  # noqa: E402
 from scripts.convert_hf import import_checkpoint  # noqa: E402
 from Tokenizer import load_tokenizer  # noqa: E402
-from train.checkpoint import load_model  # noqa: E402
 from train.config import config_from_dict  # noqa: E402
-from train.dataloader import TokenDataset  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 VOCAB = 70_000  # over 65,536: ids need 32 bits
@@ -61,9 +61,9 @@ def test_finetune_imported_model_with_its_tokenizer_and_uint32_shards(tmp_path):
     ckpt = import_checkpoint(big_vocab_hf_dir(tmp_path), tmp_path / "imported")
     tokenizer = load_tokenizer(ckpt / "tokenizer")
     assert tokenizer.vocab_size == VOCAB and tokenizer.add_bos
-    _, imported_cfg, _ = load_model(ckpt)
+    imported, _ = load_model(ckpt)
     cfg = config_from_dict({
-        "model": dataclasses.asdict(imported_cfg.model),
+        "model": dataclasses.asdict(imported.cfg),
         "data": {"sources": [str(corpus(tmp_path))], "dataset_dir": str(tmp_path / "dataset"),
                  "tokenizer_dir": str(ckpt / "tokenizer"), "val_fraction": 0.2, "workers": 2},
         "train": {"out_dir": str(tmp_path / "run"), "init_from": str(ckpt), "batch_size": 4, "micro_batch_size": 4,
@@ -74,9 +74,8 @@ def test_finetune_imported_model_with_its_tokenizer_and_uint32_shards(tmp_path):
     })
     cfg.validate()
     trainer = Trainer(cfg)
-    imported_weights, _, _ = load_model(ckpt)
-    for name, p in imported_weights.state_dict().items():
-        assert torch.equal(trainer.raw_model.state_dict()[name], p), name
+    for name, p in imported.state_dict().items():
+        assert torch.equal(trainer.engine.raw_model.state_dict()[name], p), name
 
     manifest = json.loads((tmp_path / "dataset/manifest.json").read_text())
     assert manifest["dtype"] == "uint32" and manifest["tokenizer"]["hash"] == tokenizer.content_hash

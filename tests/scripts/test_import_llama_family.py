@@ -28,13 +28,13 @@ from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalL
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from inference import Generator, SamplingParams  # noqa: E402
+from model.checkpoint import load_model  # noqa: E402
 from scripts import convert_hf  # noqa: E402
 from scripts.convert_hf import export_checkpoint, import_checkpoint  # noqa: E402
 from tests.conftest import make_tiny_corpus  # noqa: E402
 from tests.helpers import randomize  # noqa: E402
 from Tokenizer import load_tokenizer  # noqa: E402
 from Tokenizer.hf_tokenizer import HFTokenizer  # noqa: E402
-from train.checkpoint import load_model  # noqa: E402
 
 hf_logging.disable_progress_bar()
 
@@ -182,16 +182,17 @@ def random_tokens(vocab: int, seq_len: int) -> torch.Tensor:
 
 def test_logits_match_transformers(imported):
     style, _, hf_model, out = imported
-    ours, cfg, _ = load_model(out)
-    toks = random_tokens(cfg.model.vocab_size, style.seq_len)
+    ours, _ = load_model(out)
+    cfg = ours.cfg
+    toks = random_tokens(cfg.vocab_size, style.seq_len)
     with torch.no_grad():
         expected, got = hf_model(input_ids=toks).logits, ours(toks)
     assert expected.std() > 0.5  # logits far from zero, so the tolerance is meaningful
     assert (got - expected).abs().max() <= TOL
     if style.name == "llama32":
-        assert cfg.model.rope_scaling.type == "llama3" and cfg.model.head_dim == 32
-        assert style.seq_len > 2 * cfg.model.rope_scaling.original_max_seq_len
-        tail = slice(cfg.model.rope_scaling.original_max_seq_len, None)  # past the pretraining context
+        assert cfg.rope_scaling.type == "llama3" and cfg.head_dim == 32
+        assert style.seq_len > 2 * cfg.rope_scaling.original_max_seq_len
+        tail = slice(cfg.rope_scaling.original_max_seq_len, None)  # past the pretraining context
         assert (got[:, tail] - expected[:, tail]).abs().max() <= TOL
 
 
@@ -201,8 +202,8 @@ def test_llama3_parity_needs_the_rope_scaling(tmp_path, monkeypatch):
     plain = convert_hf._rope
     monkeypatch.setattr(convert_hf, "_rope", lambda hf: (plain(hf)[0], convert_hf.RopeScaling()))
     import_checkpoint(hf_dir, tmp_path / "ours")
-    ours, cfg, _ = load_model(tmp_path / "ours")
-    toks = random_tokens(cfg.model.vocab_size, 160)
+    ours, _ = load_model(tmp_path / "ours")
+    toks = random_tokens(ours.cfg.vocab_size, 160)
     with torch.no_grad():
         assert (ours(toks) - hf_model(input_ids=toks).logits).abs().max() > 1e-2
 
