@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 pytest.importorskip("transformers")
@@ -280,6 +281,9 @@ def test_cli_import(tmp_path):
     ours, _ = load_model(tmp_path / "ours")
     toks = tokens()
     assert (our_logits(ours, toks) - hf_logits(hf, toks)).abs().max() <= TOL
+    # The printed model section, pasted into a training config, is the imported architecture.
+    printed = yaml.safe_load(result.stdout.split("(train.init_from):\n", 1)[1])
+    assert printed == {"model": dataclasses.asdict(ours.cfg)}
 
 
 def test_cli_error_is_one_line_and_exit_code_2(tmp_path):
