@@ -143,6 +143,12 @@ class HFTokenizer:
         return self._pad
 
     @property
+    def has_chat_tokens(self) -> bool:
+        """False: this project's chat markers and template (run_inference.py --chat) are those of our tokenizer;
+        an imported model's own chat template is not used."""
+        return False
+
+    @property
     def add_bos(self) -> bool:
         """Whether the model expects BOS at the start of every sequence."""
         return self._add_bos
