@@ -134,6 +134,20 @@ class Tokenizer:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # SentencePiece wants plain ints
         return self._sp.decode(ids)
 
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a piece; None when it is not in the vocabulary."""
+        token_id = self._sp.piece_to_id(token)
+        return None if token_id == UNK_ID and token != self._sp.id_to_piece(UNK_ID) else token_id
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """Piece of an id; None when out of range."""
+        return self._sp.id_to_piece(token_id) if 0 <= token_id < self.vocab_size else None
+
+    @property
+    def add_bos(self) -> bool:
+        """False: documents are not prefixed with BOS (they end with EOS), in training and in generation."""
+        return False
+
     @property
     def bos_id(self) -> int:
         """Beginning-of-sequence id (1); not used in training, documents end with eos_id."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from Tokenizer import Tokenizer
+from Tokenizer import TextTokenizer, load_tokenizer
 
 
 @dataclass
@@ -42,9 +42,11 @@ def is_validation(text_utf8: bytes, val_fraction: float) -> bool:
     return int.from_bytes(digest, "little") < val_fraction * 2**64
 
 
-def encode_documents(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype, val_fraction: float) -> EncodedBatch:
-    """Tokenize texts (each followed by EOS) and route every document to train or val."""
-    ids = tokenizer.encode_batch(texts, eos=True, num_threads=1)  # parallelism comes from the process pool
+def encode_documents(tokenizer: TextTokenizer, texts: list[str], dtype: np.dtype, val_fraction: float) -> EncodedBatch:
+    """Tokenize texts (each followed by EOS, and preceded by BOS when the tokenizer's model expects it, as Llama's
+    do) and route every document to train or val."""
+    # One thread: parallelism comes from the process pool.
+    ids = tokenizer.encode_batch(texts, bos=tokenizer.add_bos, eos=True, num_threads=1)
     docs: dict[bool, list[list[int]]] = {False: [], True: []}  # keyed by "is validation"
     nbytes = {False: 0, True: 0}
     val, raw = False, b""
@@ -64,12 +66,12 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str], dtype: np.dtype, va
 
 # ---- worker processes -----------------------------------------------------------------------------------------
 
-_worker_tokenizer: Tokenizer | None = None
+_worker_tokenizer: TextTokenizer | None = None
 
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
-    _worker_tokenizer = Tokenizer.load(tokenizer_dir)
+    _worker_tokenizer = load_tokenizer(tokenizer_dir)
 
 
 def _encode_in_worker(texts: list[str], dtype: np.dtype, val_fraction: float) -> EncodedBatch:
@@ -93,7 +95,7 @@ def batch_documents(texts: Iterable[str], batch_chars: int) -> Iterator[list[str
 class ParallelEncoder:
     """Tokenizes document batches on `workers` processes: this one plus a pool of workers - 1."""
 
-    def __init__(self, tokenizer: Tokenizer, dtype: np.dtype, val_fraction: float, workers: int):
+    def __init__(self, tokenizer: TextTokenizer, dtype: np.dtype, val_fraction: float, workers: int):
         self.tokenizer, self.dtype, self.val_fraction, self.workers = tokenizer, dtype, val_fraction, workers
         self._pool = None
         if workers > 1:

@@ -33,7 +33,7 @@ from data.encode import ParallelEncoder, batch_documents
 from data.pieces import PIECE_RULE, PieceStats, cut_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, load_manifest, token_dtype
 from data.splits import FALLBACK_RULE, SPLITS, SplitSink
-from Tokenizer import Tokenizer, train_tokenizer
+from Tokenizer import TextTokenizer, has_tokenizer, load_tokenizer, train_tokenizer
 
 TOKENIZER_SUBDIR = "tokenizer"
 DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around
@@ -47,7 +47,7 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def dataset_inputs(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+def dataset_inputs(sources: list[Source], tokenizer: TextTokenizer, text_field: str, val_fraction: float,
                    shard_tokens: int) -> dict:
     """Everything the shards depend on: source files (path, size, mtime), tokenizer, split rule, layout."""
     return {"version": VERSION, "sources": describe_sources(sources), "tokenizer": tokenizer.content_hash,
@@ -55,7 +55,7 @@ def dataset_inputs(sources: list[Source], tokenizer: Tokenizer, text_field: str,
             "split_rule": SPLIT_RULE}
 
 
-def dataset_fingerprint(sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+def dataset_fingerprint(sources: list[Source], tokenizer: TextTokenizer, text_field: str, val_fraction: float,
                         shard_tokens: int) -> str:
     """sha256 of dataset_inputs(...): equal means the dataset is up to date."""
     identity = dataset_inputs(sources, tokenizer, text_field, val_fraction, shard_tokens)
@@ -92,13 +92,13 @@ def describe_differences(old: dict | None, new: dict) -> list[str]:
 
 
 def _train_into(directory: Path, sources: list[Source], text_field: str, vocab_size: int, sample_mb: int,
-                progress: bool) -> Tokenizer:
+                progress: bool) -> TextTokenizer:
     """Train a tokenizer on the first sample_mb MB of the sources and write it (atomically) into `directory`."""
     return train_tokenizer(iter_sources(sources, text_field), vocab_size, directory, sample_mb=sample_mb,
                            progress=progress)
 
 
-def _tokenize_into(out: Path, sources: list[Source], tokenizer: Tokenizer, text_field: str, val_fraction: float,
+def _tokenize_into(out: Path, sources: list[Source], tokenizer: TextTokenizer, text_field: str, val_fraction: float,
                    workers: int, shard_tokens: int, progress: bool) -> dict:
     """Write the train/val shards into `out`; return the counts that go into the manifest."""
     dtype = token_dtype(tokenizer.vocab_size)
@@ -191,8 +191,8 @@ def prepare_dataset(
     tok_dir, inside = tokenizer_location(out, tokenizer_dir)
     retrain = inside and force and vocab_size is not None
     tokenizer = None
-    if (tok_dir / "tokenizer.model").is_file() and not retrain:
-        tokenizer = Tokenizer.load(tok_dir)
+    if has_tokenizer(tok_dir) and not retrain:
+        tokenizer = load_tokenizer(tok_dir)
     elif vocab_size is None:
         raise DataError(f"no tokenizer at {tok_dir}: pass --tokenizer DIR (an existing one) or --vocab-size N "
                         "(train one)")
@@ -226,7 +226,7 @@ def prepare_dataset(
                                     progress)
         elif inside:  # the old out_dir (tokenizer included) is replaced as a whole, so carry the tokenizer over
             shutil.copytree(tok_dir, tmp / TOKENIZER_SUBDIR)
-            tokenizer = Tokenizer.load(tmp / TOKENIZER_SUBDIR)
+            tokenizer = load_tokenizer(tmp / TOKENIZER_SUBDIR)
         counts = _tokenize_into(tmp, resolved, tokenizer, text_field, val_fraction, workers, shard_tokens, progress)
         manifest = {
             "format": FORMAT,
@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="files, directories, globs, hf:NAME[:CONFIG][@SPLIT], builtin:python-stdlib")
     p.add_argument("--out", required=True, help="output dataset directory")
     tok = p.add_mutually_exclusive_group()
-    tok.add_argument("--tokenizer", help="existing tokenizer directory (default: OUT/tokenizer)")
+    tok.add_argument("--tokenizer", help="existing tokenizer directory, ours (tokenizer.model) or a Hugging Face "
+                     "tokenizer.json (an imported model's checkpoint/tokenizer) (default: OUT/tokenizer)")
     tok.add_argument("--vocab-size", type=int, help="train a tokenizer with this many ids into OUT/tokenizer")
     p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text (default: text)")
     p.add_argument("--val-fraction", type=float, default=0.005, help="fraction of documents held out (default 0.005)")

@@ -17,8 +17,7 @@ from data.config import DataConfig
 from data.dataset import TokenDataset, check_compatible
 from data.prepare_data import prepare_dataset, tokenizer_location
 from data.shards import MANIFEST
-from Tokenizer import Tokenizer
-from Tokenizer.tokenizer import MODEL_FILE
+from Tokenizer import TextTokenizer, has_tokenizer, load_tokenizer
 
 
 @dataclass
@@ -26,7 +25,7 @@ class TrainingData:
     """A prepared dataset opened for training, with the tokenizer it was built with."""
 
     tokenizer_dir: Path
-    tokenizer: Tokenizer
+    tokenizer: TextTokenizer
     dataset: TokenDataset
 
 
@@ -37,9 +36,9 @@ def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = Tru
     sources or settings is an error naming the key to change, never silently reused."""
     dataset_dir = Path(cfg.dataset_dir)
     tok_dir, inside = tokenizer_location(dataset_dir, cfg.tokenizer_dir)
-    has_tokenizer = (tok_dir / MODEL_FILE).is_file()
-    if inside and has_tokenizer:
-        n = Tokenizer.load(tok_dir).vocab_size
+    tokenizer_exists = has_tokenizer(tok_dir)
+    if inside and tokenizer_exists:
+        n = load_tokenizer(tok_dir).vocab_size
         if n != vocab_size:
             raise DataError(f"{tok_dir} holds a {n}-token tokenizer but model.vocab_size is {vocab_size}: set "
                             f"model.vocab_size={n}, or another data.dataset_dir to train a new tokenizer")
@@ -49,7 +48,7 @@ def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = Tru
         prepare_dataset(
             cfg.sources, dataset_dir,
             tokenizer_dir=None if inside else tok_dir,
-            vocab_size=None if has_tokenizer else vocab_size,
+            vocab_size=None if tokenizer_exists else vocab_size,
             text_field=cfg.text_field,
             val_fraction=cfg.val_fraction,
             workers=cfg.workers,
@@ -64,7 +63,7 @@ def open_training_data(cfg: DataConfig, vocab_size: int) -> TrainingData:
     """Open the prepared dataset and its tokenizer, and check that they match each other and that the model's
     `vocab_size` embeddings cover every id."""
     tok_dir, _ = tokenizer_location(cfg.dataset_dir, cfg.tokenizer_dir)
-    tokenizer = Tokenizer.load(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     dataset = TokenDataset(cfg.dataset_dir)
     check_compatible(dataset, tokenizer, vocab_size)
     return TrainingData(tok_dir, tokenizer, dataset)

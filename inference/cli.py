@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-turn chat through the tokenizer's chat template (empty line or EOF quits); with "
                         "--prompt, answer that one message and exit")
     p.add_argument("--system", help="system message for --chat")
-    p.add_argument("--bos", action="store_true", help="start the prompt with the BOS token (allows an empty prompt)")
+    p.add_argument("--bos", action="store_true",
+                   help="start the prompt with the BOS token (allows an empty prompt; automatic when the tokenizer's "
+                   "model expects BOS, as imported Llama models do)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens to generate at most")
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 disables")

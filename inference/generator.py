@@ -23,7 +23,7 @@ from inference.sampling import Sampler, SamplingParams
 from inference.streaming import TextStream
 from model import Transformer
 from model.checkpoint import TOKENIZER, load_model
-from Tokenizer import Tokenizer
+from Tokenizer import TextTokenizer, load_tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 256
 GREEDY = SamplingParams(temperature=0.0)
@@ -42,7 +42,7 @@ class Completion:
 class Generator:
     """Prefill once, then decode token by token through the model's static KV cache."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, compile: bool = False, use_kv_cache: bool = True):
+    def __init__(self, model: Transformer, tokenizer: TextTokenizer, compile: bool = False, use_kv_cache: bool = True):
         if tokenizer.vocab_size > model.cfg.vocab_size:
             raise CheckpointError(
                 f"tokenizer has {tokenizer.vocab_size} ids but the model only {model.cfg.vocab_size} embeddings"
@@ -67,7 +67,7 @@ class Generator:
         model, ckpt_dir = load_model(path, dev, resolve_dtype(dtype, dev, "dtype"))
         if not (ckpt_dir / TOKENIZER).is_dir():
             raise CheckpointError(f"checkpoint {ckpt_dir} has no {TOKENIZER}/ directory: cannot turn text into tokens")
-        return cls(model, Tokenizer.load(ckpt_dir / TOKENIZER), compile=compile, use_kv_cache=use_kv_cache)
+        return cls(model, load_tokenizer(ckpt_dir / TOKENIZER), compile=compile, use_kv_cache=use_kv_cache)
 
     @property
     def device(self) -> torch.device:
@@ -80,8 +80,9 @@ class Generator:
     # ---- prompts -------------------------------------------------------------------------------------------
 
     def encode(self, prompt: str, bos: bool = False) -> list[int]:
-        """Prompt text -> ids (BOS first if asked); an empty result is a GenerationError."""
-        ids = self.tokenizer.encode(prompt, bos=bos)
+        """Prompt text -> ids, BOS first if asked or if the tokenizer's model expects it (imported Llama models);
+        an empty result is a GenerationError."""
+        ids = self.tokenizer.encode(prompt, bos=bos or self.tokenizer.add_bos)
         if not ids:
             raise GenerationError("the prompt is empty: give some text, or start from the BOS token (--bos)")
         return ids

@@ -39,7 +39,7 @@ from core.errors import UserError
 from inference.generator import Generator
 from inference.sampling import SamplingParams
 from model import Transformer
-from Tokenizer import Tokenizer
+from Tokenizer import TextTokenizer
 
 MODEL_NAME = "mini-llm"
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for the hf backend
@@ -96,7 +96,7 @@ class MiniLLM(TemplateLM):
             generator = Generator.from_checkpoint(checkpoint, device=device, dtype=dtype, compile=bool(compile))
         self.generator = generator
         self.model: Transformer = generator.model
-        self.tok: Tokenizer = generator.tokenizer
+        self.tok: TextTokenizer = generator.tokenizer
         self._device = generator.device
         self._batch_size = _int_arg("batch_size", 1 if batch_size in (None, "") else batch_size)
         model_len = self.model.cfg.max_seq_len
@@ -105,7 +105,9 @@ class MiniLLM(TemplateLM):
             raise HarnessError(f"max_length {self._max_length} exceeds the model's max_seq_len {model_len}")
         self._max_gen_toks = _int_arg("max_gen_toks", max_gen_toks)
         self.add_bos_token = bool(add_bos_token)
-        self._prefix_token_id = self.tok.bos_id if prefix_token_id is None else int(prefix_token_id)
+        # BOS, or EOS for a tokenizer without one (an imported GPT-2 style one), as lm-eval's hf backend does
+        default_prefix = self.tok.bos_id if self.tok.bos_id is not None else self.tok.eos_id
+        self._prefix_token_id = default_prefix if prefix_token_id is None else int(prefix_token_id)
         if not 0 <= self._prefix_token_id < self.model.cfg.vocab_size:
             raise HarnessError(f"prefix_token_id {self._prefix_token_id} is not a token id of this model")
 
@@ -265,7 +267,7 @@ def flatten_results(results: dict) -> dict[str, float]:
 
 def evaluate_tasks(
     model: Transformer,
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     tasks: Sequence[str],
     include_path: str | Path | None = None,
     limit: int | float | None = None,

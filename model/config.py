@@ -3,7 +3,37 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+ROPE_SCALING_TYPES = ("none", "llama3")
+
+
+@dataclass
+class RopeScaling:
+    """RoPE frequency scaling for contexts longer than pretraining: "none" (plain RoPE) or "llama3", the rule of
+    Llama 3.1/3.2. llama3 divides the low frequencies (wavelength > original_max_seq_len / low_freq_factor) by
+    `factor`, keeps the high ones (wavelength < original_max_seq_len / high_freq_factor) and blends in between.
+    The other fields are read only when type is llama3."""
+
+    type: Literal["none", "llama3"] = "none"
+    factor: float = 8.0  # how much the low frequencies are slowed down (Llama 3.1: 8, Llama 3.2: 32)
+    low_freq_factor: float = 1.0  # wavelengths above original_max_seq_len / low_freq_factor are divided by factor
+    high_freq_factor: float = 4.0  # wavelengths below original_max_seq_len / high_freq_factor are left alone
+    original_max_seq_len: int = 8192  # context length of pretraining (Hugging Face original_max_position_embeddings)
+
+    def validate(self, prefix: str = "") -> None:
+        """Raise ValueError naming the first bad field (names get `prefix`)."""
+        if self.type not in ROPE_SCALING_TYPES:
+            raise ValueError(f"{prefix}type must be one of {', '.join(ROPE_SCALING_TYPES)}, got {self.type!r}")
+        if self.type == "none":
+            return
+        for name in ("factor", "low_freq_factor", "original_max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{prefix}{name} must be positive, got {getattr(self, name)}")
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(f"{prefix}high_freq_factor ({self.high_freq_factor}) must be greater than "
+                             f"{prefix}low_freq_factor ({self.low_freq_factor})")
 
 
 @dataclass
@@ -12,7 +42,8 @@ class ModelConfig:
 
     dim: int = 256  # width of the residual stream
     n_layers: int = 4  # number of transformer blocks
-    n_heads: int = 8  # query heads; head_dim = dim // n_heads
+    n_heads: int = 8  # query heads
+    head_dim: int | None = None  # width of each head; None means dim // n_heads (Llama 3.2 1B/3B set it)
     n_kv_heads: int | None = None  # key/value heads: n_heads = MHA, 1 = MQA, between = GQA; None means n_heads
     vocab_size: int = 4096  # rows of the embedding table; must be >= the tokenizer's vocabulary
     multiple_of: int = 256  # SwiGLU hidden width is rounded up to a multiple of this
@@ -20,18 +51,23 @@ class ModelConfig:
     ffn_hidden_dim: int | None = None  # explicit SwiGLU width; overrides the two keys above
     norm_eps: float = 1e-5  # epsilon inside RMSNorm
     rope_theta: float = 10000.0  # RoPE base frequency (Llama 3 uses 500000)
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)  # long-context RoPE scaling (Llama 3.1+)
     max_seq_len: int = 2048  # longest sequence the RoPE tables and the KV cache cover
     tie_embeddings: bool = False  # share the token embedding with the output head
     dropout: float = 0.0  # dropout on attention weights and residual branches (training only)
     init_std: float = 0.02  # std of the normal init; residual output projections get std / sqrt(2 * n_layers)
 
+    def __post_init__(self) -> None:
+        # head_dim is the one derived value stored in its field: every module reads cfg.head_dim, and an explicit
+        # value (any width, as in Llama 3.2) must stay explicit, so only an absent one is derived here.
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads if self.n_heads > 0 else 0
+        if isinstance(self.rope_scaling, dict):  # e.g. ModelConfig(**yaml_dict) outside the config loader
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+
     @property
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
 
     @property
     def hidden_dim(self) -> int:
@@ -49,7 +85,9 @@ class ModelConfig:
         return {
             "dim": self.dim, "n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.kv_heads,
             "ffn_hidden_dim": self.hidden_dim, "vocab_size": self.vocab_size, "norm_eps": self.norm_eps,
-            "rope_theta": self.rope_theta, "tie_embeddings": self.tie_embeddings,
+            "head_dim": self.head_dim, "rope_theta": self.rope_theta, "tie_embeddings": self.tie_embeddings,
+            # the llama3 numbers matter only when that scaling is on
+            "rope_scaling": asdict(self.rope_scaling) if self.rope_scaling.type != "none" else {"type": "none"},
         }
 
     def validate(self, prefix: str = "") -> None:
@@ -60,12 +98,14 @@ class ModelConfig:
                 raise ValueError(f"{p}{name} must be positive, got {getattr(self, name)}")
         if self.n_kv_heads is not None and self.n_kv_heads <= 0:
             raise ValueError(f"{p}n_kv_heads must be positive, got {self.n_kv_heads}")
-        if self.dim % self.n_heads:
+        if self.head_dim <= 0:
+            raise ValueError(f"{p}head_dim must be positive, got {self.head_dim}")
+        if self.head_dim * self.n_heads != self.dim and self.dim % self.n_heads:
             raise ValueError(f"{p}dim ({self.dim}) must be divisible by {p}n_heads ({self.n_heads})")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"{p}n_heads ({self.n_heads}) must be divisible by {p}n_kv_heads ({self.kv_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim = {p}dim / {p}n_heads = {self.head_dim} must be even for RoPE")
+            raise ValueError(f"{p}head_dim ({self.head_dim}, dim / n_heads unless set) must be even for RoPE")
         if self.ffn_hidden_dim is not None and self.ffn_dim_multiplier is not None:
             raise ValueError(f"set {p}ffn_hidden_dim or {p}ffn_dim_multiplier, not both")
         if self.ffn_hidden_dim is not None and self.ffn_hidden_dim <= 0:
@@ -76,6 +116,7 @@ class ModelConfig:
             raise ValueError(f"{p}norm_eps must be positive, got {self.norm_eps}")
         if self.rope_theta <= 0:
             raise ValueError(f"{p}rope_theta must be positive, got {self.rope_theta}")
+        self.rope_scaling.validate(prefix=f"{p}rope_scaling.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{p}dropout must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:

@@ -7,20 +7,27 @@
 model.safetensors, generation_config.json (when the tokenizer names BOS/EOS) and the tokenizer files, so that
 `transformers.AutoModelForCausalLM.from_pretrained(HF_DIR)` gives a LlamaForCausalLM with the same logits.
 `import` reads a local Llama directory (config.json + model.safetensors, or shards listed in
-model.safetensors.index.json) and writes a weights-only checkpoint (model.safetensors + config.yaml).
+model.safetensors.index.json) and writes a weights-only checkpoint (model.safetensors, whose header holds the
+model config) with the model's own tokenizer in tokenizer/ (tokenizer.json and its config files, tokenizer.model,
+generation_config.json; a directory with only a SentencePiece tokenizer.model gets a tokenizer.json made by
+transformers). It prints the model section to put in a training config for `train.init_from`.
 
 Only the weight names and the RoPE layout of wq/wk differ between the two formats; both are handled here, the
 layout in exactly one function pair (`permute_for_hf`, `unpermute_from_hf`). The weights and configs are read and
-written directly, without transformers; only the tokenizer export (Tokenizer/hf_export.py) uses it. The tokenizer
-of a Hugging Face directory is not imported.
+written directly, without transformers; only our tokenizer's export (Tokenizer/hf_export.py) and the conversion of a
+lone tokenizer.model use it. RoPE scaling of type llama3 (Llama 3.1/3.2) is read from either config layout
+(transformers 5 `rope_parameters`, 4.x `rope_scaling` + `rope_theta`) and written back in both.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,18 +39,31 @@ if __name__ == "__main__":
     quiet_interrupts()  # a Ctrl-C during the imports below exits 130 without a traceback
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from core import cli  # noqa: E402
 from core.atomic import atomic_directory, check_output_dir, mark_output_dir  # noqa: E402
-from core.errors import CheckpointError  # noqa: E402
+from core.errors import CheckpointError, UserError  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
-from model.checkpoint import TOKENIZER, load_model, model_state_dict, save_model_checkpoint  # noqa: E402
+from model.checkpoint import (  # noqa: E402
+    TOKENIZER,
+    load_model,
+    model_state_dict,
+    read_model_config,
+    save_model_checkpoint,
+)
+from model.config import RopeScaling  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HF_WEIGHTS = "model.safetensors"
 EXPORT_TOOL, IMPORT_TOOL = "convert_hf export", "convert_hf import"  # what --overwrite may replace
 HF_INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
+# The files of a Hugging Face tokenizer kept by import and written back by export, as they are.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                      GENERATION_CONFIG)
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 # Our per-layer names -> Hugging Face per-layer names (both under their layer prefix).
 LAYER_NAMES = {
@@ -145,8 +165,22 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 # ---- configs --------------------------------------------------------------------------------------------------
 
 
-def hf_config(cfg: ModelConfig, dtype: torch.dtype, special_ids: dict[str, int] | None = None) -> dict:
+def hf_rope_parameters(cfg: ModelConfig) -> dict:
+    """The transformers 5 `rope_parameters` of `cfg` (theta, and the llama3 scaling when there is one)."""
+    scaling = cfg.rope_scaling
+    if scaling.type == "none":
+        return {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    return {
+        "rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": scaling.factor,
+        "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor,
+        "original_max_position_embeddings": scaling.original_max_seq_len,
+    }
+
+
+def hf_config(cfg: ModelConfig, dtype: torch.dtype, special_ids: dict | None = None) -> dict:
     """config.json of the Hugging Face LlamaForCausalLM equivalent to `cfg`; special token ids null unless given."""
+    rope = hf_rope_parameters(cfg)
+    scaling = None if rope["rope_type"] == "default" else {k: v for k, v in rope.items() if k != "rope_theta"}
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -160,9 +194,11 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype, special_ids: dict[str, int] 
         "hidden_act": "silu",
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
-        # transformers >= 5 reads rope_parameters; 4.x reads the top-level rope_theta (5.x accepts it too).
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        # transformers >= 5 reads rope_parameters; 4.x reads the top-level rope_theta and rope_scaling (5.x
+        # accepts both).
+        "rope_parameters": rope,
         "rope_theta": cfg.rope_theta,
+        "rope_scaling": scaling,
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
@@ -177,18 +213,32 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype, special_ids: dict[str, int] 
     }
 
 
-def _rope_theta(hf: dict) -> float:
-    """rope_theta from either layout (5.x `rope_parameters`, 4.x top-level + `rope_scaling`); rejects scaling."""
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+def _rope(hf: dict) -> tuple[float, RopeScaling]:
+    """rope_theta and the RoPE scaling from either layout (5.x `rope_parameters`, 4.x top-level `rope_theta` +
+    `rope_scaling`); scaling types other than llama3 are refused, naming the key."""
+    key = "rope_parameters" if hf.get("rope_parameters") is not None else "rope_scaling"
+    params = hf.get(key) or {}
     if not isinstance(params, dict):
-        raise CheckpointError(f"config.json: unsupported rope_parameters {params!r}")
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in (None, "default"):
-        raise CheckpointError(f"config.json: RoPE scaling type {rope_type!r} is not supported (only plain RoPE)")
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise CheckpointError(f"config.json: {key} must be an object, got {params!r}")
+    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise CheckpointError("config.json: partial_rotary_factor != 1 is not supported")
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    return float(theta)
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type in (None, "default"):
+        return theta, RopeScaling()
+    if rope_type != "llama3":
+        raise CheckpointError(
+            f"config.json: {key}.rope_type {rope_type!r} is not supported (only 'default' and 'llama3')"
+        )
+    for name in LLAMA3_KEYS:
+        if isinstance(params.get(name), bool) or not isinstance(params.get(name), (int, float)):
+            raise CheckpointError(f"config.json: {key}.{name} is missing or not a number (llama3 RoPE needs it)")
+    scaling = RopeScaling(
+        type="llama3", factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_seq_len=int(params["original_max_position_embeddings"]),
+    )
+    return theta, scaling
 
 
 def _require(hf: dict, key: str) -> int:
@@ -205,24 +255,28 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             raise CheckpointError(f"config.json: {key}=true is not supported (this model has no biases)")
+    for key in ("sliding_window", "use_sliding_window"):
+        if hf.get(key):
+            raise CheckpointError(f"config.json: {key}={hf[key]!r} is not supported (attention is over all tokens)")
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (only silu)")
     dim, n_heads = _require(hf, "hidden_size"), _require(hf, "num_attention_heads")
     n_kv = hf.get("num_key_value_heads") or n_heads
     head_dim = hf.get("head_dim")
-    if head_dim is not None and head_dim * n_heads != dim:
-        raise CheckpointError(
-            f"config.json: head_dim ({head_dim}) must equal hidden_size / num_attention_heads ({dim} / {n_heads})"
-        )
+    if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
+        raise CheckpointError(f"config.json: head_dim must be a positive integer, got {head_dim!r}")
+    theta, scaling = _rope(hf)
     cfg = ModelConfig(
         dim=dim,
         n_layers=_require(hf, "num_hidden_layers"),
         n_heads=n_heads,
         n_kv_heads=None if n_kv == n_heads else n_kv,
+        head_dim=head_dim,  # None: dim // n_heads, as in transformers
         vocab_size=_require(hf, "vocab_size"),
         ffn_hidden_dim=_require(hf, "intermediate_size"),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default
-        rope_theta=_rope_theta(hf),
+        rope_theta=theta,
+        rope_scaling=scaling,
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),  # LlamaConfig's default
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         init_std=float(hf.get("initializer_range", 0.02)),
@@ -292,10 +346,60 @@ def special_token_ids(hf_dir: Path) -> dict[str, int]:
     return found
 
 
+# ---- tokenizers -----------------------------------------------------------------------------------------------
+
+
+def _is_hf_tokenizer(directory: Path) -> bool:
+    return (directory / "tokenizer.json").is_file()
+
+
+def write_hf_tokenizer(tokenizer_dir: Path, out: Path) -> dict:
+    """Write a checkpoint's tokenizer in Hugging Face form into `out`; returns the special ids for config.json.
+
+    A kept Hugging Face tokenizer (an imported model's) is copied back as it is, and its generation_config.json
+    names the ids (an eos_token_id may be a list, as in Llama 3.1 Instruct); ours is exported by hf_export.py.
+    """
+    if _is_hf_tokenizer(tokenizer_dir):
+        for name in HF_TOKENIZER_FILES:
+            if (tokenizer_dir / name).is_file():
+                shutil.copy2(tokenizer_dir / name, out / name)
+    else:
+        from Tokenizer.hf_export import export_hf_tokenizer  # lazy: needs transformers
+
+        export_hf_tokenizer(tokenizer_dir, out)
+    ids = special_token_ids(out)
+    if (out / GENERATION_CONFIG).is_file():
+        generation = _read_json(out / GENERATION_CONFIG)
+        ids.update({k: generation[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in generation})
+    return ids
+
+
+def keep_hf_tokenizer(hf_dir: Path, dest: Path) -> bool:
+    """Copy the Hugging Face tokenizer of `hf_dir` into `dest`; False when `hf_dir` has none. A directory with
+    only a SentencePiece tokenizer.model also gets the tokenizer.json that transformers converts it to, so that
+    the ids are transformers' own (BOS, prefix space)."""
+    present = [name for name in HF_TOKENIZER_FILES if (hf_dir / name).is_file()]
+    if "tokenizer.json" not in present and "tokenizer.model" not in present:
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in present:
+        shutil.copy2(hf_dir / name, dest / name)
+    if "tokenizer.json" not in present:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UserError(f"{hf_dir} has a tokenizer.model but no tokenizer.json: converting it needs "
+                            "transformers (pip install -r requirements-dev.txt)") from None
+        AutoTokenizer.from_pretrained(str(hf_dir)).backend_tokenizer.save(str(dest / "tokenizer.json"))
+    return True
+
+
 def generation_ids(ckpt_dir: Path, special_ids: dict[str, int]) -> dict:
     """generation_config.json's ids: a chat model's reply also ends at <|end_of_turn|>."""
     from Tokenizer import Tokenizer  # lazy, like the tokenizer export
 
+    if _is_hf_tokenizer(ckpt_dir / TOKENIZER):  # an imported model's own tokenizer: its ids as they are
+        return special_ids
     tokenizer = Tokenizer.load(ckpt_dir / TOKENIZER)
     if "eos_token_id" not in special_ids or not tokenizer.has_chat_tokens:
         return special_ids
@@ -313,16 +417,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "flo
     model, ckpt_dir = load_model(checkpoint, dtype=DTYPES[dtype])
     hf_state = to_hf_state_dict(model_state_dict(model), model.cfg)
     with atomic_directory(out) as tmp:
+        special_ids = {}
         if (ckpt_dir / TOKENIZER).is_dir():
-            from Tokenizer.hf_export import export_hf_tokenizer  # lazy: only needed when there is a tokenizer
-
-            export_hf_tokenizer(ckpt_dir / TOKENIZER, tmp)
-        special_ids = special_token_ids(tmp)
+            special_ids = write_hf_tokenizer(ckpt_dir / TOKENIZER, tmp)
         config = hf_config(model.cfg, DTYPES[dtype], special_ids)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if special_ids:  # generate() then knows where to start and stop
-            (tmp / "generation_config.json").write_text(json.dumps(generation_ids(ckpt_dir, special_ids), indent=2)
-                                                        + "\n")
+        if special_ids and not (tmp / GENERATION_CONFIG).is_file():  # generate() then knows where to start and stop
+            (tmp / GENERATION_CONFIG).write_text(json.dumps(generation_ids(ckpt_dir, special_ids), indent=2) + "\n")
         save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
         mark_output_dir(tmp, EXPORT_TOOL)
     return out
@@ -332,13 +433,13 @@ def import_checkpoint(
     hf_dir: str | Path, out: str | Path, dtype: str = "float32", overwrite: bool = False,
     tokenizer_dir: str | Path | None = None,
 ) -> Path:
-    """Write a weights-only checkpoint of ours for a local Hugging Face Llama directory, with our tokenizer
-    (a directory holding tokenizer.model) copied in when given: run_inference.py needs one."""
+    """Write a weights-only checkpoint of ours for a local Hugging Face Llama directory, with the model's own
+    tokenizer kept (or `tokenizer_dir`, one of ours, when given): run_inference.py and data preparation read it."""
+    from Tokenizer import load_tokenizer
+
     hf_dir, out = Path(hf_dir), Path(out)
     if tokenizer_dir is not None:
-        from Tokenizer import Tokenizer
-
-        Tokenizer.load(tokenizer_dir)  # a DataError naming the path if it is not a tokenizer
+        load_tokenizer(tokenizer_dir)  # a DataError naming the path if it is not a tokenizer
     if not hf_dir.is_dir():
         raise CheckpointError(f"Hugging Face directory does not exist: {hf_dir}")
     if not (hf_dir / "config.json").is_file():
@@ -355,7 +456,15 @@ def import_checkpoint(
     model.load_state_dict(state, strict=True, assign=True)
     if model_cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight  # assign replaced the shared parameter; tie again
-    return save_model_checkpoint(out, model, tokenizer_dir, written_by=IMPORT_TOOL)
+    with tempfile.TemporaryDirectory() as staging:
+        if tokenizer_dir is None and keep_hf_tokenizer(hf_dir, Path(staging) / TOKENIZER):
+            tokenizer_dir = Path(staging) / TOKENIZER
+        if tokenizer_dir is not None:
+            n = load_tokenizer(tokenizer_dir).vocab_size
+            if n > model_cfg.vocab_size:
+                raise CheckpointError(f"the tokenizer in {tokenizer_dir} has {n} ids but config.json's vocab_size "
+                                      f"is {model_cfg.vocab_size}")
+        return save_model_checkpoint(out, model, tokenizer_dir, written_by=IMPORT_TOOL)
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -371,7 +480,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     imp = sub.add_parser("import", help="Hugging Face directory -> our checkpoint")
     imp.add_argument("--hf", required=True, help="local Hugging Face Llama directory")
     imp.add_argument("--out", required=True, help="checkpoint directory to write")
-    imp.add_argument("--tokenizer", default=None, help="our tokenizer directory to include (for run_inference.py)")
+    imp.add_argument("--tokenizer", default=None,
+                     help="one of our tokenizer directories to include instead of the model's own")
     for p in (exp, imp):
         p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the written weights")
         p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -385,9 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         if args.command == "export":
             out = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
-        else:
-            out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite, args.tokenizer)
+            print(f"wrote {out}")
+            return
+        out = import_checkpoint(args.hf, args.out, args.dtype, args.overwrite, args.tokenizer)
         print(f"wrote {out}")
+        # Fine-tuning with train.init_from needs this exact architecture in the training YAML.
+        model = {"model": dataclasses.asdict(read_model_config(out))}
+        print("model section for a training config (train.init_from):\n" + yaml.safe_dump(model, sort_keys=False),
+              end="")
 
     return cli.run(run)
 

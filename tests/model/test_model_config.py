@@ -3,6 +3,7 @@
 import pytest
 
 from model import ModelConfig, Transformer
+from model.config import RopeScaling
 
 
 def test_derived_values():
@@ -10,6 +11,17 @@ def test_derived_values():
     assert cfg.head_dim == 32
     assert cfg.kv_heads == 8  # n_kv_heads None means n_heads
     assert ModelConfig(dim=256, n_heads=8, n_kv_heads=2).kv_heads == 2
+
+
+def test_explicit_head_dim_sets_the_projection_widths():
+    # Llama 3.2 style: heads wider than dim / n_heads (here 4 x 32 = 128 != 64).
+    cfg = ModelConfig(dim=64, n_heads=4, n_kv_heads=2, head_dim=32, vocab_size=32)
+    cfg.validate()
+    attn = Transformer(cfg).layers[0].attention
+    assert attn.wq.weight.shape == (4 * 32, 64) and attn.wk.weight.shape == (2 * 32, 64)
+    assert attn.wo.weight.shape == (64, 4 * 32)
+    assert ModelConfig(dim=64, n_heads=4).head_dim == 16  # absent: derived
+    assert cfg.architecture()["head_dim"] == 32
 
 
 @pytest.mark.parametrize(
@@ -34,6 +46,13 @@ def test_derived_values():
         (dict(dropout=1.0), ["dropout"]),
         (dict(dropout=-0.1), ["dropout"]),
         (dict(init_std=0.0), ["init_std"]),
+        (dict(head_dim=0), ["head_dim"]),
+        (dict(head_dim=7), ["head_dim"]),
+        (dict(rope_scaling=RopeScaling(type="llama3", factor=0.0)), ["rope_scaling.factor"]),
+        (dict(rope_scaling=RopeScaling(type="llama3", low_freq_factor=4.0)),
+         ["rope_scaling.high_freq_factor", "rope_scaling.low_freq_factor"]),
+        (dict(rope_scaling=RopeScaling(type="llama3", original_max_seq_len=0)), ["rope_scaling.original_max_seq_len"]),
+        (dict(rope_scaling=RopeScaling(type="yarn")), ["rope_scaling.type"]),
     ],
 )
 def test_validate_names_the_field(fields, names):

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from model.rope import RotaryEmbedding, apply_rope, rope_tables
+from model.config import RopeScaling
+from model.rope import RotaryEmbedding, apply_rope, rope_tables, scaled_frequencies
 
 
 def _rotate(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
@@ -92,3 +93,50 @@ def test_tables_stay_fp32_when_the_model_is_cast():
     rope = RotaryEmbedding(head_dim=16, max_seq_len=4096, theta=10000.0).to(torch.bfloat16)
     cos, sin = rope_tables(16, 4096, 10000.0)
     assert rope.cos.dtype == torch.float32 and torch.equal(rope.cos, cos) and torch.equal(rope.sin, sin)
+
+
+# ---- llama3 frequency scaling ------------------------------------------------------------------------------------
+
+
+def _llama3(**fields) -> RopeScaling:
+    return RopeScaling(type="llama3", **fields)
+
+
+def test_llama3_scaling_keeps_high_slows_low_and_blends_between():
+    # head_dim 32, theta 5e5: wavelengths 2*pi*5e5^(i/16) = 6.3, 14.1, 32, 72, ... With original_max_seq_len 64,
+    # wavelengths < 16 are kept, > 64 divided by 8, and 32 (between) blended.
+    head_dim, theta = 32, 500000.0
+    scaling = _llama3(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=64)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    scaled = scaled_frequencies(inv_freq, scaling)
+    wavelen = 2 * math.pi / inv_freq
+    high, low = wavelen < 16, wavelen > 64
+    assert high.sum() == 2 and low.sum() == 13 and (~high & ~low).sum() == 1
+    assert torch.equal(scaled[high], inv_freq[high])
+    assert torch.allclose(scaled[low], inv_freq[low] / 8)
+    mid = ~high & ~low
+    smooth = (64 / wavelen[mid] - 1.0) / (4.0 - 1.0)  # 1 at the high edge, 0 at the low edge
+    assert torch.allclose(scaled[mid], (1 - smooth) * inv_freq[mid] / 8 + smooth * inv_freq[mid])
+    cos, _ = rope_tables(head_dim, 200, theta, scaling)
+    plain, _ = rope_tables(head_dim, 200, theta)
+    assert torch.equal(cos[:, :2], plain[:, :2]) and not torch.allclose(cos[:, 2:], plain[:, 2:])
+
+
+def test_no_scaling_is_plain_rope():
+    assert torch.equal(rope_tables(16, 50, 1e4, RopeScaling())[0], rope_tables(16, 50, 1e4)[0])
+
+
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_llama3_frequencies_match_transformers(head_dim):
+    modeling_rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
+    from transformers import LlamaConfig
+
+    params = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    hf_cfg = LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, rope_parameters=params)
+    expected, _ = modeling_rope_utils._compute_llama3_parameters(hf_cfg, "cpu")
+    ours = scaled_frequencies(
+        1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)),
+        _llama3(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192),
+    )
+    assert torch.allclose(ours.float(), expected, rtol=1e-6, atol=0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 pytest.importorskip("transformers")
@@ -20,6 +21,7 @@ from transformers.utils import logging as hf_logging
 from core.errors import CheckpointError, DataError
 from model import ModelConfig, Transformer
 from model.checkpoint import load_model, save_model_checkpoint
+from model.config import RopeScaling
 from scripts import convert_hf
 from scripts.convert_hf import (
     export_checkpoint,
@@ -47,14 +49,15 @@ CASES = [
 ]
 
 
-def tiny_hf(n_kv_heads: int, tied: bool, theta: float, seed: int = 0) -> LlamaForCausalLM:
-    """A tiny random transformers Llama, eager attention, fp32."""
-    cfg = LlamaConfig(
+def tiny_hf(n_kv_heads: int, tied: bool, theta: float, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A tiny random transformers Llama, eager attention, fp32 (`overrides`: other LlamaConfig arguments)."""
+    fields = dict(
         vocab_size=VOCAB, hidden_size=DIM, intermediate_size=FFN, num_hidden_layers=N_LAYERS,
         num_attention_heads=N_HEADS, num_key_value_heads=n_kv_heads, max_position_embeddings=MAX_LEN,
         rms_norm_eps=1e-5, tie_word_embeddings=tied, rope_parameters={"rope_type": "default", "rope_theta": theta},
         attn_implementation="eager",
     )
+    cfg = LlamaConfig(**{**fields, **overrides})
     model = LlamaForCausalLM(cfg)
     randomize(model, seed)
     return model.eval()
@@ -146,6 +149,23 @@ def test_export_loads_in_transformers_with_matching_logits(tmp_path, n_kv_heads,
     assert (hf_logits(hf.eval(), toks) - expected).abs().max() <= TOL
 
 
+def test_export_llama3_scaling_and_head_dim_load_in_transformers(tmp_path):
+    """Our model with llama3 RoPE scaling and heads wider than dim / n_heads, exported: transformers reads both."""
+    scaling = RopeScaling(type="llama3", factor=16.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_seq_len=16)
+    ours = tiny_ours(2, True, 500000.0, head_dim=32, rope_scaling=scaling)
+    save_ours(ours, tmp_path / "ckpt")
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, attn_implementation="eager")
+    assert hf.config.head_dim == 32
+    assert hf.config.rope_parameters == {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 16}
+    toks = torch.randint(0, VOCAB, (2, MAX_LEN), generator=torch.Generator().manual_seed(2))  # 4x the threshold
+    expected = our_logits(ours, toks)
+    assert (hf_logits(hf.eval(), toks) - expected).abs().max() <= TOL
+
+
 def test_sharded_import_matches_transformers_logits(tmp_path):
     hf = tiny_hf(2, False, 500000.0, seed=3)
     hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
@@ -208,18 +228,26 @@ def test_rope_theta_read_from_either_layout(extra, theta):
     ("extra", "message"),
     [
         ({"model_type": "mistral"}, "only 'llama'"),
-        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, "'llama3' is not supported"),
-        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "'linear' is not supported"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+         "rope_parameters.low_freq_factor is missing"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling.rope_type 'linear' is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+         "rope_parameters.rope_type 'yarn' is not supported"),
+        ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+         "rope_scaling.rope_type 'dynamic' is not supported"),
         ({"attention_bias": True}, "attention_bias"),
         ({"mlp_bias": True}, "mlp_bias"),
+        ({"sliding_window": 4096}, "sliding_window=4096 is not supported"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-        ({"head_dim": 32}, "head_dim (32)"),
+        ({"head_dim": 7}, "head_dim (7, dim / n_heads unless set) must be even"),
+        ({"head_dim": 0}, "head_dim must be a positive integer"),
         ({"intermediate_size": None}, "'intermediate_size'"),
     ],
-    ids=["model-type", "llama3-rope", "linear-rope-v4", "attn-bias", "mlp-bias", "gelu", "head-dim", "no-ffn"],
+    ids=["model-type", "llama3-incomplete", "linear-rope-v4", "yarn-rope-v5", "dynamic-rope", "attn-bias", "mlp-bias",
+         "sliding-window", "gelu", "odd-head-dim", "zero-head-dim", "no-ffn"],
 )
 def test_unsupported_configs_are_rejected(extra, message):
-    with pytest.raises(CheckpointError, match=r"^config\.json: ") as err:
+    with pytest.raises(CheckpointError, match=r"^config\.json[: ]") as err:
         model_config_from_hf({**BASE_HF, **extra})
     assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -253,6 +281,9 @@ def test_cli_import(tmp_path):
     ours, _ = load_model(tmp_path / "ours")
     toks = tokens()
     assert (our_logits(ours, toks) - hf_logits(hf, toks)).abs().max() <= TOL
+    # The printed model section, pasted into a training config, is the imported architecture.
+    printed = yaml.safe_load(result.stdout.split("(train.init_from):\n", 1)[1])
+    assert printed == {"model": dataclasses.asdict(ours.cfg)}
 
 
 def test_cli_error_is_one_line_and_exit_code_2(tmp_path):
@@ -386,9 +417,13 @@ def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path, tokenizer_dir):
 def test_import_with_our_tokenizer(tmp_path, tiny_tokenizer):
     from Tokenizer import Tokenizer
 
-    tiny_hf(2, True, 10000.0).save_pretrained(tmp_path / "hf")
+    tiny_hf(2, True, 10000.0, vocab_size=tiny_tokenizer.vocab_size).save_pretrained(tmp_path / "hf")
     out = import_checkpoint(tmp_path / "hf", tmp_path / "ours", tokenizer_dir=tiny_tokenizer.directory)
     assert Tokenizer.load(out / "tokenizer").content_hash == tiny_tokenizer.content_hash
     with pytest.raises(DataError, match="nowhere"):
         import_checkpoint(tmp_path / "hf", tmp_path / "ours2", tokenizer_dir=tmp_path / "nowhere")
     assert not (tmp_path / "ours2").exists()
+    tiny_hf(2, True, 10000.0).save_pretrained(tmp_path / "small")  # 128 embeddings for a 512-id tokenizer
+    with pytest.raises(CheckpointError, match=r"has 512 ids but config\.json.s vocab_size is 128"):
+        import_checkpoint(tmp_path / "small", tmp_path / "ours3", tokenizer_dir=tiny_tokenizer.directory)
+    assert not (tmp_path / "ours3").exists()

@@ -1,0 +1,167 @@
+"""A Hugging Face `tokenizer.json` (byte-level BPE like Llama 3 and SmolLM2, SentencePiece-style like TinyLlama),
+run with the `tokenizers` library: the tokenizer of an imported model, giving the ids transformers' AutoTokenizer
+gives.
+
+    tok = HFTokenizer.load("checkpoints/llama/tokenizer")   # or Tokenizer.load_tokenizer(dir), which picks
+    tok.encode(text, bos=tok.add_bos)                         # == AutoTokenizer.from_pretrained(dir)(text).input_ids
+
+Special tokens come from tokenizer_config.json (then special_tokens_map.json, as transformers 4.x wrote them).
+Whether the model expects BOS first (`add_bos`) is tokenizer_config.json's `add_bos_token` when it says so, else
+what the tokenizer.json post-processor adds: encode() itself adds BOS/EOS only when asked, so that data
+preparation and generation decide explicitly. A special token written inside the text is matched as that token,
+as transformers does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from core.errors import DataError
+from Tokenizer.base import HF_FILE
+
+CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # later files win, as in transformers
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object")
+    return data
+
+
+def _token_name(value: object) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class HFTokenizer:
+    """Encode text to token ids and back with a Hugging Face tokenizer.json; build one with HFTokenizer.load(dir)."""
+
+    def __init__(self, directory: Path, tokenizer, settings: dict, content_hash: str):
+        self._directory = directory
+        self._tok = tokenizer
+        self._content_hash = content_hash
+        ids = {}
+        for kind in ("bos", "eos", "pad", "unk"):
+            name = _token_name(settings.get(f"{kind}_token"))
+            if name is not None and tokenizer.token_to_id(name) is None:
+                raise DataError(f"{directory}: {kind}_token {name!r} is not in {HF_FILE}")
+            ids[kind] = None if name is None else tokenizer.token_to_id(name)
+        if ids["eos"] is None:
+            raise DataError(f"{directory}: the tokenizer names no eos_token (needed to end every document)")
+        self._bos, self._eos = ids["bos"], ids["eos"]
+        self._pad = ids["pad"] if ids["pad"] is not None else ids["eos"]  # padding is masked: any id does
+        add_bos = settings.get("add_bos_token")
+        self._add_bos = add_bos if isinstance(add_bos, bool) else self._post_processor_adds_bos()
+
+    @classmethod
+    def load(cls, directory: str | Path) -> HFTokenizer:
+        """Load DIR/tokenizer.json (+ tokenizer_config.json); DataError naming the path when unusable."""
+        from tokenizers import Tokenizer as RustTokenizer
+
+        directory = Path(directory)
+        path = directory / HF_FILE
+        if not path.is_file():
+            raise DataError(f"no tokenizer in {directory}: {path} does not exist")
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read tokenizer {path}: {e}") from None
+        try:
+            tokenizer = RustTokenizer.from_str(raw.decode("utf-8", errors="replace"))
+        except Exception as e:  # tokenizers raises a plain Exception for any file it cannot parse
+            raise DataError(f"cannot read tokenizer {path}: {e}") from None
+        settings: dict = {}
+        digest = hashlib.sha256(raw)
+        for name in CONFIG_FILES:
+            if (directory / name).is_file():
+                settings.update(_read_json(directory / name))
+                digest.update(name.encode() + b"\0" + (directory / name).read_bytes())
+        return cls(directory, tokenizer, settings, digest.hexdigest())
+
+    def _post_processor_adds_bos(self) -> bool:
+        """Whether tokenizer.json's post-processor puts BOS first (Llama 3's TemplateProcessing does)."""
+        if self._bos is None:
+            return False
+        with_specials = self._tok.encode("a", add_special_tokens=True).ids
+        plain = self._tok.encode("a", add_special_tokens=False).ids
+        return with_specials[:1] == [self._bos] and plain[:1] != [self._bos]
+
+    def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        if bos and self._bos is None:
+            raise DataError(f"the tokenizer in {self._directory} has no bos_token")
+        return ([self._bos] if bos else []) + ids + ([self._eos] if eos else [])
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of `text`, optionally with BOS first and EOS last."""
+        return self._wrap(self._tok.encode(text, add_special_tokens=False).ids, bos, eos)
+
+    def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False,
+                     num_threads: int = -1) -> list[list[int]]:
+        """encode() for many texts (`tokenizers` parallelizes by itself; num_threads is accepted, not used)."""
+        return [self._wrap(e.ids, bos, eos) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a sequence of ids (lists, numpy arrays, 1-D tensors); special tokens decode to nothing."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a piece (added tokens included); None when it is not in the vocabulary."""
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """Piece of an id; None when out of range."""
+        return self._tok.id_to_token(token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int | None:
+        """Beginning-of-sequence id; None when the tokenizer has none (GPT-2 style tokenizers may not)."""
+        return self._bos
+
+    @property
+    def eos_id(self) -> int:
+        """End-of-sequence id, appended to every training document."""
+        return self._eos
+
+    @property
+    def pad_id(self) -> int:
+        """Padding id: pad_token's, else eos_id."""
+        return self._pad
+
+    @property
+    def has_chat_tokens(self) -> bool:
+        """False: this project's chat markers and template (run_inference.py --chat) are those of our tokenizer;
+        an imported model's own chat template is not used."""
+        return False
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether the model expects BOS at the start of every sequence."""
+        return self._add_bos
+
+    @property
+    def directory(self) -> Path:
+        """The directory the tokenizer was loaded from."""
+        return self._directory
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 over tokenizer.json and the config files that name its special tokens."""
+        return self._content_hash
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({str(self._directory)!r}, vocab_size={self.vocab_size}, hash={self._content_hash[:12]})"
