@@ -28,8 +28,7 @@ KILL = textwrap.dedent(
     sys.path.insert(0, {root!r})
     import core.atomic as atomic
     import data.shards as shards
-    from core.sources import iter_documents
-from data.prepare_data import prepare_dataset
+    from data.prepare_data import prepare_dataset
     from Tokenizer import train_tokenizer
     from core.sources import iter_documents
 
