@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import DataError
+from core.errors import DataError, SourceError
 from data.config import DataConfig
 from data.dataset import TokenDataset, check_compatible
-from data.prepare_data import prepare_dataset, tokenizer_location
+from data.prepare_data import DatasetConflict, prepare_dataset, tokenizer_location
 from data.shards import MANIFEST
 from Tokenizer import Tokenizer
 from Tokenizer.tokenizer import MODEL_FILE
@@ -56,7 +56,9 @@ def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = Tru
             tokenizer_sample_mb=cfg.tokenizer_sample_mb,
             progress=progress,
         )
-    except DataError as e:
+    except SourceError as e:  # a missing source file, a malformed line: the inputs are wrong, not the directory
+        raise SourceError(f"data.sources: {e}") from None
+    except DatasetConflict as e:  # only a directory that holds something else is the dataset_dir's fault
         raise DataError(f"data.dataset_dir: {e}, or set another data.dataset_dir") from None
 
 
