@@ -128,13 +128,15 @@ def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: boo
     return model.getvalue()
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """DataError unless out_dir can take a tokenizer: absent, or a directory holding nothing but one."""
-    check_dir_path(out_dir, "--out", DataError)
+def check_out_dir(out_dir: str | Path, name: str = "tokenizer directory") -> None:
+    """DataError (calling out_dir `name`) unless out_dir can take a tokenizer: absent, or a directory holding
+    nothing but one."""
+    out_dir = Path(out_dir)
+    check_dir_path(out_dir, name, DataError)
     if out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (MODEL_FILE, META_FILE, CHAT_TEMPLATE_FILE))
         if foreign:
-            raise DataError(f"--out {out_dir} exists and holds files that are not a tokenizer "
+            raise DataError(f"{name} {out_dir} exists and holds files that are not a tokenizer "
                             f"({', '.join(foreign[:3])}); choose a new or empty directory")
 
 
@@ -203,8 +205,9 @@ def train_tokenizer(
 
 
 def _check_flags(args) -> None:
-    """The numbers, named by their flags, before anything is read (train_tokenizer checks them again for its other
-    callers, by parameter name)."""
+    """The numbers and --out, named by their flags, before anything is read (train_tokenizer checks them again for
+    its other callers, by parameter name)."""
+    check_out_dir(args.out, "--out")
     if args.vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} ({N_SPECIAL} special ids + 256 byte "
                           f"pieces + room for merges), got {args.vocab_size}")

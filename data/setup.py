@@ -19,6 +19,7 @@ from data.prepare_data import DatasetConflict, prepare_dataset, tokenizer_locati
 from data.shards import MANIFEST
 from Tokenizer import Tokenizer
 from Tokenizer.tokenizer import MODEL_FILE
+from Tokenizer.train_tokenizer import check_out_dir
 
 
 @dataclass
@@ -43,6 +44,8 @@ def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = Tru
         if n != vocab_size:
             raise DataError(f"{tok_dir} holds a {n}-token tokenizer but model.vocab_size is {vocab_size}: set "
                             f"model.vocab_size={n}, or another data.dataset_dir to train a new tokenizer")
+    if not inside and not has_tokenizer:  # a tokenizer will be trained into data.tokenizer_dir: can it take one?
+        check_out_dir(tok_dir, "data.tokenizer_dir")
     if not (dataset_dir / MANIFEST).is_file():
         info(f"preparing dataset {dataset_dir} from {', '.join(cfg.sources)}")
     try:

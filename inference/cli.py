@@ -62,10 +62,12 @@ def _check_flags(args: argparse.Namespace) -> None:
     for name in ("max_new_tokens", "num_samples"):
         if getattr(args, name) < 1:
             raise GenerationError(f"{_flag(name)} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise GenerationError(f"--seed must be in [0, 2**63), got {args.seed}")
     last = args.seed + args.num_samples - 1  # sample i uses seed + i
-    if args.seed < 0 or last >= SEED_LIMIT:
-        raise GenerationError(f"--seed must be in [0, 2**63 - --num-samples], got {args.seed}"
-                              + (f" (its last sample would use {last})" if args.seed < SEED_LIMIT <= last else ""))
+    if last >= SEED_LIMIT:
+        raise GenerationError(f"--seed {args.seed} + --num-samples {args.num_samples} - 1 = {last} is past the "
+                              "largest seed, 2**63 - 1")
     if any(not s for s in args.stop):
         raise GenerationError("--stop must not be empty (an empty string would stop before the first token)")
 
@@ -81,6 +83,18 @@ def _utf8(text: str, where: str) -> str:
     return text
 
 
+def _read_stdin() -> str:
+    """All of stdin as text, decoded strictly: bytes that are not UTF-8 are an error, not silently replaced."""
+    if not hasattr(sys.stdin, "buffer"):  # already text (a caller replaced sys.stdin)
+        return _utf8(sys.stdin.read(), "--prompt - (stdin)")
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GenerationError(f"--prompt - (stdin) is not valid UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                              f"{e.start})") from None
+
+
 def _read_prompt(args: argparse.Namespace) -> str | None:
     """The --prompt text ('-' reads stdin); None in interactive mode without --prompt."""
     if args.prompt is None:
@@ -88,12 +102,7 @@ def _read_prompt(args: argparse.Namespace) -> str | None:
             raise GenerationError("give --prompt TEXT (or --prompt - to read stdin), or --interactive")
         return None
     if args.prompt == "-":
-        data = sys.stdin.buffer.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise GenerationError(f"--prompt - (stdin) is not valid UTF-8 text (byte 0x{data[e.start]:02x} at "
-                                  f"offset {e.start})") from None
+        text = _read_stdin()
         return text[:-1] if text.endswith("\n") else text
     return _utf8(args.prompt, "--prompt")
 

@@ -32,7 +32,7 @@ class World:
     run: Path  # a training run directory (metrics.jsonl, checkpoints/)
     ckpt: Path  # its latest checkpoint
     hf: Path  # the checkpoint exported to a Hugging Face directory
-    mismatched: Path  # a checkpoint whose recorded model config disagrees with its weights
+    mismatched: Path  # a checkpoint whose recorded model config (that of `ckpt`) disagrees with its weights
     huge: Path  # a checkpoint whose model config describes a model far larger than any machine's memory
     data: TinyData
 
@@ -40,14 +40,18 @@ class World:
         return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "data"}
 
 
-def _broken_checkpoint(ckpt: Path, out: Path, **changes) -> Path:
-    """A copy of `ckpt` whose weights file records a model config with `changes` (the weights stay the same)."""
-    from model.checkpoint import read_model_config, read_weights
+def _mismatched_checkpoint(ckpt: Path, out: Path, **changes) -> Path:
+    """A copy of `ckpt` that keeps its recorded model config but holds the weights of a model with `changes`."""
+    from model.checkpoint import model_state_dict, read_model_config
 
     out.mkdir(parents=True)
     shutil.copytree(ckpt / TOKENIZER, out / TOKENIZER)
-    cfg = dataclasses.replace(read_model_config(ckpt), **changes)
-    save_weights(out, read_weights(ckpt), cfg)
+    cfg = read_model_config(ckpt)
+    with torch.device("meta"):
+        other = Transformer(dataclasses.replace(cfg, **changes))
+    other.to_empty(device="cpu")
+    other.init_weights()
+    save_weights(out, model_state_dict(other), cfg)
     return out
 
 
@@ -72,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         torch.set_num_threads(threads)
     ckpt = find_checkpoint(root / "run")
     hf = export_checkpoint(ckpt, root / "hf")
-    mismatched = _broken_checkpoint(ckpt, root / "mismatched", vocab_size=400)
+    mismatched = _mismatched_checkpoint(ckpt, root / "mismatched", vocab_size=400)
     # Far beyond any machine (about 8e14 parameters), yet the file is tiny: only its header describes the model.
     huge = root / "huge"
     huge.mkdir()

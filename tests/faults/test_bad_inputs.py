@@ -156,7 +156,7 @@ CASES: list[Case] = [
           expect=["data.dataset_dir", "$dataset"], id="train-dataset-built-from-other-sources"),
     train("model.vocab_size=512", expect=["model.vocab_size", "384"], id="train-vocab-disagrees-with-tokenizer"),
     train("data.tokenizer_dir=$tmp/notatok", "data.dataset_dir=$tmp/ds", files={"notatok/readme.txt": "hi"},
-          expect=["$tmp/notatok"], id="train-tokenizer-dir-not-a-tokenizer"),
+          expect=["data.tokenizer_dir", "$tmp/notatok"], id="train-tokenizer-dir-not-a-tokenizer"),
     train("train.resume=never", "train.out_dir=$tmp/full", files={"full/keep.txt": "mine"},
           expect=["train.out_dir", "$tmp/full"], id="train-resume-never-nonempty-out-dir"),
     train("train.resume=$tmp/nowhere", expect=["$tmp/nowhere"], id="train-resume-path-missing"),
