@@ -1,7 +1,7 @@
 """Every bad input to every command: exactly one `error:` line naming the bad key, flag, path or value, exit code
 2, no traceback, and nothing created or changed on disk.
 
-Rows: 149 bad inputs (run_train.py 44, run_inference.py 31, convert_hf.py 28, prepare_data.py 26,
+Rows: 153 bad inputs (run_train.py 45, run_inference.py 31, convert_hf.py 31, prepare_data.py 26,
 train_tokenizer.py 12, plot_logs.py 8).
 
 Each row runs the real command in a subprocess from the repo root, against the shared read-only `world`
@@ -81,7 +81,8 @@ def train(*overrides: str, files: dict | None = None, expect: list[str], id: str
 
 def infer(*args: str | bytes, expect: list[str], id: str, ckpt: str = "$ckpt", stdin: bytes = b"",
           files: dict | None = None) -> Case:
-    base = ["--checkpoint", ckpt] if ckpt else []
+    # An otherwise valid run: the world's model has max_seq_len 64, below the default --max-new-tokens.
+    base = [*(["--checkpoint", ckpt] if ckpt else []), "--max-new-tokens", "8"]
     if not any(a in ("--prompt", "--interactive") for a in args):
         args = ("--prompt", "hello", *args)
     return Case(id, "infer", [*base, *args, "--device", "cpu"] if "--device" not in args else [*base, *args],
@@ -160,6 +161,8 @@ CASES: list[Case] = [
     train("train.resume=never", "train.out_dir=$tmp/full", files={"full/keep.txt": "mine"},
           expect=["train.out_dir", "$tmp/full"], id="train-resume-never-nonempty-out-dir"),
     train("train.resume=$tmp/nowhere", expect=["$tmp/nowhere"], id="train-resume-path-missing"),
+    train(files={"run/.lock": '{"pid": 4242, "host": "gpu-node-7", "started": 0}\n'},
+          expect=["train.out_dir", "$tmp/run", "in use", "gpu-node-7"], id="train-out-dir-in-use-by-another-run"),
     train("train.init_from=$tmp/nowhere", expect=["$tmp/nowhere"], id="train-init-from-missing"),
     train("train.init_from=$mismatched", expect=["tok_embeddings.weight"],
           id="train-init-from-config-disagrees-with-weights"),
@@ -291,6 +294,11 @@ CASES: list[Case] = [
          {"f": "mine"}),
     Case("export-out-under-a-file", "convert", ["export", "--checkpoint", "$ckpt", "--out", "$tmp/f/hf"], ["$tmp/f"],
          {"f": "mine"}),
+    Case("export-out-is-its-own-input", "convert", ["export", "--checkpoint", "$ckpt", "--out", "$ckpt",
+                                                    "--overwrite"], ["--out", "$ckpt", "overlaps"]),
+    Case("export-overwrite-a-foreign-directory", "convert", ["export", "--checkpoint", "$ckpt", "--out", "$tmp/d",
+                                                             "--overwrite"], ["--overwrite", "$tmp/d"],
+         {"d/a.txt": "mine"}),
     Case("export-dtype-typo", "convert", ["export", "--checkpoint", "$ckpt", "--out", "$tmp/hf", "--dtype", "bf16"],
          ["--dtype", "bf16"]),
     # ---- scripts/convert_hf.py import ---------------------------------------------------------------------
@@ -321,6 +329,8 @@ CASES: list[Case] = [
     imp(hf_config(vocab_size=400), ["model.embed_tokens.weight"], "import-weights-wrong-shape"),
     Case("import-tokenizer-not-a-tokenizer", "convert", ["import", "--hf", "$hf", "--out", "$tmp/ck", "--tokenizer",
                                                          "$tmp"], ["$tmp"]),
+    Case("import-out-inside-its-input", "convert", ["import", "--hf", "$hf", "--out", "$hf/ours"],
+         ["--out", "$hf/ours", "overlaps"]),
     Case("import-out-is-a-file", "convert", ["import", "--hf", "$hf", "--out", "$tmp/f"], ["$tmp/f"], {"f": "mine"}),
     # ---- scripts/plot_logs.py -----------------------------------------------------------------------------
     Case("plot-no-run-dir", "plot", [], ["out_dir"]),
