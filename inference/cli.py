@@ -210,6 +210,8 @@ def run(args: argparse.Namespace) -> None:
     if args.chat:
         _chat(gen, prompt, args, sampling)
         return
+    if prompt is not None:
+        gen.encode(prompt, args.bos)  # an empty prompt is the first thing to hear about, before the length rule
     if args.max_new_tokens >= gen.max_seq_len:
         raise GenerationError(f"--max-new-tokens ({args.max_new_tokens}) must be less than the checkpoint's "
                               f"model.max_seq_len ({gen.max_seq_len})")
