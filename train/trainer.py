@@ -91,13 +91,17 @@ class Trainer:
         # Rank 0 holds the run directory for the whole run: a second job on it stops here, naming this one.
         self.lock = DirectoryLock(self.out_dir, "train.out_dir") if self.world.is_main else None
         created = not self.out_dir.exists()
+        lock_created = not (self.out_dir / LOCK_FILE).exists()
         on_main(self.world, lambda: self.lock.acquire())
         try:
             self._setup(cfg)
         except BaseException:
             self.close()
-            if created and self.world.is_main and [p.name for p in self.out_dir.iterdir()] == [LOCK_FILE]:
-                shutil.rmtree(self.out_dir)  # a run that failed to start leaves nothing behind
+            if self.world.is_main:  # a run that failed to start leaves nothing behind, not even its lock file
+                if created and [p.name for p in self.out_dir.iterdir()] == [LOCK_FILE]:
+                    shutil.rmtree(self.out_dir)
+                elif lock_created:
+                    (self.out_dir / LOCK_FILE).unlink(missing_ok=True)
             raise
 
     def _setup(self, cfg: Config) -> None:
