@@ -189,7 +189,7 @@ def _int(hf: dict, key: str, default: int | object | None = _REQUIRED) -> int | 
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         what = "missing" if key not in hf else f"{value!r} ({type(value).__name__})"
-        raise CheckpointError(f"config.json: {key} must be a positive integer, got {what}")
+        raise CheckpointError(f"config.json: {key!r} must be a positive integer, got {what}")
     return value
 
 
@@ -197,7 +197,7 @@ def _float(hf: dict, key: str, default: float, where: str = "") -> float:
     """A finite number of config.json (absent: `default`); `where` names the enclosing object."""
     value = hf.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CheckpointError(f"config.json: {where}{key} must be a finite number, got {value!r} "
+        raise CheckpointError(f"config.json: {where + key!r} must be a finite number, got {value!r} "
                               f"({type(value).__name__})")
     return float(value)
 
@@ -205,7 +205,7 @@ def _float(hf: dict, key: str, default: float, where: str = "") -> float:
 def _bool(hf: dict, key: str, default: bool) -> bool:
     value = hf.get(key, default)
     if not isinstance(value, bool):
-        raise CheckpointError(f"config.json: {key} must be true or false, got {value!r} ({type(value).__name__})")
+        raise CheckpointError(f"config.json: {key!r} must be true or false, got {value!r} ({type(value).__name__})")
     return value
 
 
