@@ -20,6 +20,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the repo r
 
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from core import cli
 from core.atomic import atomic_directory, remove_stale_temporaries
 from core.errors import ConfigError, DataError
+from core.paths import check_dir_path
 from core.sources import iter_documents
 from Tokenizer.chat import DEFAULT_TEMPLATE
 from Tokenizer.tokenizer import (
@@ -49,6 +51,7 @@ MIN_VOCAB_SIZE = N_SPECIAL + 256 + 64  # specials + one piece per byte + room fo
 # pieces of at most this size instead, so no text is lost from the sample.
 MAX_SENTENCE_BYTES = 16384
 MB = 1_000_000
+SEED_LIMIT = 2**32  # SentencePiece's random generator takes an unsigned 32-bit seed
 
 
 def split_document(text: str, max_bytes: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
@@ -125,13 +128,21 @@ def _train_model(sentences: list[str], vocab_size: int, seed: int, progress: boo
     return model.getvalue()
 
 
+def check_out_dir(out_dir: str | Path, name: str = "tokenizer directory") -> None:
+    """DataError (calling out_dir `name`) unless out_dir can take a tokenizer: absent, or a directory holding
+    nothing but one."""
+    out_dir = Path(out_dir)
+    check_dir_path(out_dir, name, DataError)
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (MODEL_FILE, META_FILE, CHAT_TEMPLATE_FILE))
+        if foreign:
+            raise DataError(f"{name} {out_dir} exists and holds files that are not a tokenizer "
+                            f"({', '.join(foreign[:3])}); choose a new or empty directory")
+
+
 def _write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write `files` into a temporary sibling of out_dir and rename it into place, replacing an older tokenizer."""
-    if out_dir.exists():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in {*files, CHAT_TEMPLATE_FILE})
-        if foreign:
-            raise DataError(f"{out_dir} exists and holds files that are not a tokenizer ({', '.join(foreign[:3])}); "
-                            "choose a new or empty directory")
+    check_out_dir(out_dir)  # again: it may have changed during training
     with atomic_directory(out_dir) as tmp:
         remove_stale_temporaries(out_dir.parent, own=tmp)  # left by a training killed while writing
         for name, data in files.items():
@@ -146,20 +157,26 @@ def train_tokenizer(
     seed: int = 0,
     progress: bool = True,
     chat_tokens: bool = True,
+    source: str = "the sources",
 ) -> Tokenizer:
-    """Train a byte-fallback SentencePiece BPE model on the first `sample_mb` MB of `texts` and write it to
-    out_dir/tokenizer.model (plus meta.json and the chat template) atomically; returns the loaded Tokenizer.
-    chat_tokens=False leaves out the chat markers and template, as tokenizers were before chat support."""
+    """Train a byte-fallback SentencePiece BPE model on the first `sample_mb` MB of `texts` (read from `source`,
+    named in errors) and write it to out_dir/tokenizer.model (plus meta.json and the chat template) atomically;
+    returns the loaded Tokenizer. chat_tokens=False leaves out the chat markers and template, as tokenizers were
+    before chat support. Every setting and out_dir are checked before any text is read."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(
             f"vocab_size {vocab_size} is too small: {N_SPECIAL} special ids (chat markers included) + 256 byte "
             f"pieces are reserved, and characters and merges need room too; use at least {MIN_VOCAB_SIZE}"
         )
-    if sample_mb <= 0:
-        raise ConfigError(f"sample_mb must be positive, got {sample_mb}")
+    if not (math.isfinite(sample_mb) and sample_mb > 0):
+        raise ConfigError(f"sample_mb must be a positive number of MB, got {sample_mb}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"seed must be in [0, 2**32), got {seed}")
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     sentences, n_bytes = sample_texts(texts, int(sample_mb * MB), progress)
     if n_bytes == 0:
-        raise DataError("no text to train the tokenizer on: the sources yielded only empty documents")
+        raise DataError(f"no text to train the tokenizer on: {source} yielded only empty documents")
     if progress:
         print(f"training a {vocab_size}-token BPE tokenizer on {n_bytes / MB:.1f} MB of text", file=sys.stderr)
     try:
@@ -180,12 +197,24 @@ def train_tokenizer(
         "seed": seed,
         "sentencepiece_version": spm.__version__,
     }
-    out_dir = Path(out_dir)
     files = {MODEL_FILE: model, META_FILE: (json.dumps(meta, indent=2) + "\n").encode()}
     if chat_tokens:
         files[CHAT_TEMPLATE_FILE] = DEFAULT_TEMPLATE.read_bytes()
     _write_atomically(out_dir, files)
     return Tokenizer.load(out_dir)
+
+
+def _check_flags(args) -> None:
+    """The numbers and --out, named by their flags, before anything is read (train_tokenizer checks them again for
+    its other callers, by parameter name)."""
+    check_out_dir(args.out, "--out")
+    if args.vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} ({N_SPECIAL} special ids + 256 byte "
+                          f"pieces + room for merges), got {args.vocab_size}")
+    if not (math.isfinite(args.sample_mb) and args.sample_mb > 0):
+        raise ConfigError(f"--sample-mb must be a positive number of MB, got {args.sample_mb}")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise ConfigError(f"--seed must be in [0, 2**32), got {args.seed}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
+        _check_flags(args)
         tokenizer = train_tokenizer(iter_documents(args.input, text_field=args.text_field), args.vocab_size,
-                                    args.out, sample_mb=args.sample_mb, seed=args.seed, progress=not args.quiet)
+                                    args.out, sample_mb=args.sample_mb, seed=args.seed, progress=not args.quiet,
+                                    source=", ".join(args.input))
         print(f"wrote {tokenizer.directory / MODEL_FILE} (vocab {tokenizer.vocab_size}, sha256 "
               f"{tokenizer.content_hash[:16]})")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.lock import process_alive  # the one liveness check (a lock holder's, a writer's)
+from core.paths import check_dir_path
 
 # A temporary directory's name says which process owns it, so that a later run can tell a dead writer's leftovers
 # from a live writer's work: .tmp-<final name>-<8 hex>-<pid>@<host>. Host names hold no "@", so the name parses
@@ -123,8 +124,7 @@ def check_output_dir(out: str | Path, inputs: list[str | Path], tool: str, overw
         source = Path(given).resolve()
         if target == source or source in target.parents or target in source.parents:
             raise UserError(f"{flag} {out} overlaps the input {given}: write the output outside it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{flag} {out} exists and is not a directory")
+    check_dir_path(out, flag)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{flag} {out} already exists and is not empty (pass --overwrite to replace it)")

@@ -18,3 +18,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint path is missing or does not hold a valid checkpoint."""
+
+
+class SourceError(DataError):
+    """A data source (a file, directory, glob, `hf:` or `builtin:` spec, or a line in one) is missing or bad."""

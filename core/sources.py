@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import DataError
+from core.errors import SourceError
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")  # .py: the default corpus is Python code
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -123,7 +123,7 @@ def _file_kind(path: Path) -> str | None:
 def _explicit_file(path: Path) -> Source:
     kind = _file_kind(path)
     if kind is None:
-        raise DataError(f"unknown source kind for {path}: expected one of {', '.join(KNOWN_SUFFIXES)}")
+        raise SourceError(f"unknown source kind for {path}: expected one of {', '.join(KNOWN_SUFFIXES)}")
     return Source(kind, str(path))
 
 
@@ -137,7 +137,7 @@ def _walk_directory(root: Path) -> list[Source]:
             if not name.startswith(".") and _file_kind(path) is not None:
                 found.append(Source(_file_kind(path), str(path)))
     if not found:
-        raise DataError(f"directory {root} holds no source files ({', '.join(KNOWN_SUFFIXES)})")
+        raise SourceError(f"directory {root} holds no source files ({', '.join(KNOWN_SUFFIXES)})")
     return found
 
 
@@ -147,12 +147,12 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     body, _, split = body.partition("@")
     name, _, config = body.partition(":")
     if not name:
-        raise DataError(f"bad Hugging Face source {spec!r}: expected hf:NAME[:CONFIG][@SPLIT]")
+        raise SourceError(f"bad Hugging Face source {spec!r}: expected hf:NAME[:CONFIG][@SPLIT]")
     return name, config or None, split or "train"
 
 
 def resolve_sources(specs: list[str]) -> list[Source]:
-    """Expand specs into concrete sources, in order; raise DataError for missing paths or unknown kinds."""
+    """Expand specs into concrete sources, in order; raise SourceError for missing paths or unknown kinds."""
     if isinstance(specs, str):
         specs = [specs]
     sources: list[Source] = []
@@ -166,21 +166,22 @@ def resolve_sources(specs: list[str]) -> list[Source]:
             name = spec[len("builtin:") :]
             if name not in BUILTINS:
                 known = ", ".join("builtin:" + b for b in BUILTINS)
-                raise DataError(f"unknown builtin source {spec!r}: known are {known}")
+                raise SourceError(f"unknown builtin source {spec!r}: known are {known}")
             sources.append(Source("builtin", name))
         elif scheme and not os.path.exists(spec):
-            raise DataError(f"unknown source kind {scheme.group(1)!r} in {spec!r}: use a path, hf:NAME or builtin:NAME")
+            raise SourceError(
+                f"unknown source kind {scheme.group(1)!r} in {spec!r}: use a path, hf:NAME or builtin:NAME")
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:
-                raise DataError(f"no files match {spec!r}")
+                raise SourceError(f"no files match {spec!r}")
             for match in matches:
                 path = Path(match)
                 sources.extend(_walk_directory(path) if path.is_dir() else [_explicit_file(path)])
         else:
             path = Path(spec)
             if not path.exists():
-                raise DataError(f"source path does not exist: {spec}")
+                raise SourceError(f"source path does not exist: {spec}")
             sources.extend(_walk_directory(path) if path.is_dir() else [_explicit_file(path)])
     return sources
 
@@ -229,7 +230,7 @@ def _read_text_file(path: Path, stats: SourceStats) -> Iterator[str]:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
     stats.files += 1
     text, bad = decode_utf8(data)
     stats.replaced_bytes += bad
@@ -238,10 +239,10 @@ def _read_text_file(path: Path, stats: SourceStats) -> Iterator[str]:
 
 def _field(record: object, text_field: str, where: str) -> str:
     if not isinstance(record, dict) or text_field not in record:
-        raise DataError(f"{where}: no {text_field!r} field (set --text-field / data.text_field)")
+        raise SourceError(f"{where}: no {text_field!r} field (set --text-field / data.text_field)")
     value = record[text_field]
     if not isinstance(value, str):
-        raise DataError(f"{where}: field {text_field!r} is {type(value).__name__}, expected a string")
+        raise SourceError(f"{where}: field {text_field!r} is {type(value).__name__}, expected a string")
     return value
 
 
@@ -260,12 +261,12 @@ def _read_jsonl(path: Path, text_field: str, stats: SourceStats) -> Iterator[str
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                    raise SourceError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
                 text, bad = replace_surrogates(_field(record, text_field, f"{path}:{lineno}"))
                 stats.replaced_bytes += bad
                 yield text
     except (OSError, EOFError, zlib.error) as e:  # unreadable file, or a truncated / corrupt gzip stream
-        raise DataError(f"cannot read {path}: {e}") from None
+        raise SourceError(f"cannot read {path}: {e}") from None
 
 
 def _read_parquet(path: Path, text_field: str, stats: SourceStats) -> Iterator[str]:
@@ -276,7 +277,7 @@ def _read_parquet(path: Path, text_field: str, stats: SourceStats) -> Iterator[s
     try:
         pfile = pq.ParquetFile(path)
         if text_field not in pfile.schema_arrow.names:
-            raise DataError(f"{path}: no {text_field!r} column (columns: {', '.join(pfile.schema_arrow.names)})")
+            raise SourceError(f"{path}: no {text_field!r} column (columns: {', '.join(pfile.schema_arrow.names)})")
         row = 0
         for batch in pfile.iter_batches(columns=[text_field], batch_size=1024):
             for value in batch.column(0).to_pylist():
@@ -286,7 +287,7 @@ def _read_parquet(path: Path, text_field: str, stats: SourceStats) -> Iterator[s
                     stats.replaced_bytes += bad
                 yield _field({text_field: value}, text_field, f"{path} row {row}")
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"cannot read parquet file {path}: {e}") from None
+        raise SourceError(f"cannot read parquet file {path}: {e}") from None
 
 
 def _read_hf(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
@@ -297,11 +298,11 @@ def _read_hf(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
         datasets = None
     # A folder named datasets/ in the working directory imports as an empty namespace package.
     if getattr(datasets, "load_dataset", None) is None:
-        raise DataError(f"source hf:{spec} needs the `datasets` package: pip install datasets")
+        raise SourceError(f"source hf:{spec} needs the `datasets` package: pip install datasets")
     try:
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # network, auth or unknown-dataset errors all mean "cannot use this source"
-        raise DataError(f"cannot load Hugging Face dataset hf:{spec}: {e}") from None
+        raise SourceError(f"cannot load Hugging Face dataset hf:{spec}: {e}") from None
     for i, record in enumerate(stream):
         text, bad = replace_surrogates(_field(record, text_field, f"hf:{spec} record {i}"))
         stats.replaced_bytes += bad

@@ -27,19 +27,26 @@ from tqdm import tqdm
 
 from core import cli
 from core.atomic import atomic_directory, remove_stale_temporaries
-from core.errors import DataError
+from core.errors import DataError, SourceError
+from core.paths import check_dir_path
 from core.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from data.encode import ParallelEncoder, batch_documents
 from data.pieces import PIECE_RULE, PieceStats, cut_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, load_manifest, token_dtype
 from data.splits import FALLBACK_RULE, SPLITS, SplitSink
 from Tokenizer import TextTokenizer, has_tokenizer, load_tokenizer, train_tokenizer
+from Tokenizer.train_tokenizer import MIN_VOCAB_SIZE
 
 TOKENIZER_SUBDIR = "tokenizer"
 DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around
 BATCH_CHARS = 1 << 18  # characters per work item sent to a worker: big enough to amortize IPC, small for balance
 SPLIT_RULE = (f"{PIECE_RULE}; a document (or piece) is val when blake2b(utf8 text, digest_size=8) as "
               f"little-endian uint64 < val_fraction * 2**64; {FALLBACK_RULE}")
+
+
+class DatasetConflict(DataError):
+    """The output directory already holds something else: a dataset of other inputs, another tokenizer, or files
+    that are not a dataset. (Training blames these, and only these, on data.dataset_dir.)"""
 
 
 def available_cpus() -> int:
@@ -95,7 +102,11 @@ def _train_into(directory: Path, sources: list[Source], text_field: str, vocab_s
                 progress: bool) -> TextTokenizer:
     """Train a tokenizer on the first sample_mb MB of the sources and write it (atomically) into `directory`."""
     return train_tokenizer(iter_sources(sources, text_field), vocab_size, directory, sample_mb=sample_mb,
-                           progress=progress)
+                           progress=progress, source=_describe(sources))
+
+
+def _describe(sources: list[Source]) -> str:
+    return f"{', '.join(s.location for s in sources[:5])}{' ...' if len(sources) > 5 else ''}"
 
 
 def _tokenize_into(out: Path, sources: list[Source], tokenizer: TextTokenizer, text_field: str, val_fraction: float,
@@ -114,8 +125,7 @@ def _tokenize_into(out: Path, sources: list[Source], tokenizer: TextTokenizer, t
             bar.set_postfix(docs=sum(sink.documents.values()), tokens=sum(sink.tokens.values()), refresh=False)
     seconds = time.perf_counter() - start
     if stats.documents == 0:
-        raise DataError(f"the sources hold no documents: {', '.join(s.location for s in sources[:5])}"
-                        f"{' ...' if len(sources) > 5 else ''}")
+        raise SourceError(f"the sources hold no documents: {_describe(sources)}")
     shards = sink.close()
     tokens, nbytes, docs = sink.tokens, sink.bytes, sink.documents
     total_tokens, total_bytes = sum(tokens.values()), sum(nbytes.values())
@@ -149,10 +159,10 @@ def _check_out_dir(out: Path, force: bool) -> None:
     """Refuse to replace a directory that is not a dataset (only a tokenizer/ inside it is expected)."""
     if out.exists() and not force:
         if not out.is_dir():
-            raise DataError(f"--out {out} exists and is not a directory")
+            raise DatasetConflict(f"--out {out} exists and is not a directory")
         other = sorted(p.name for p in out.iterdir() if p.name != TOKENIZER_SUBDIR)
         if other:
-            raise DataError(f"--out {out} exists and is not a prepared dataset (holds {', '.join(other[:3])}); "
+            raise DatasetConflict(f"--out {out} exists and is not a prepared dataset (holds {', '.join(other[:3])}); "
                             "choose another directory or pass --force to replace it")
 
 
@@ -184,6 +194,9 @@ def prepare_dataset(
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
     if vocab_size is not None and vocab_size <= 0:
         raise DataError(f"vocab_size must be positive, got {vocab_size}")
+    if not tokenizer_sample_mb > 0:
+        raise DataError(f"tokenizer_sample_mb must be positive, got {tokenizer_sample_mb}")
+    check_dir_path(out, "--out", DatasetConflict)
     sources = [str(sources)] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
     resolved = resolve_sources(sources)
     workers = workers or available_cpus()
@@ -199,7 +212,7 @@ def prepare_dataset(
     elif not inside:  # an external tokenizer directory: trained once, then used as is
         tokenizer = _train_into(tok_dir, resolved, text_field, vocab_size, tokenizer_sample_mb, progress)
     if inside and tokenizer is not None and vocab_size is not None and tokenizer.vocab_size != vocab_size:
-        raise DataError(f"{tok_dir} holds a {tokenizer.vocab_size}-token tokenizer, not {vocab_size}: "
+        raise DatasetConflict(f"{tok_dir} holds a {tokenizer.vocab_size}-token tokenizer, not {vocab_size}: "
                         "pass --force to retrain it, or leave out --vocab-size to use it")
 
     if (out / MANIFEST).is_file() and not force:
@@ -213,7 +226,7 @@ def prepare_dataset(
         diffs = (describe_differences(manifest.get("inputs"),
                                       dataset_inputs(resolved, tokenizer, text_field, val_fraction, shard_tokens))
                  if tokenizer is not None else ["its tokenizer is to be trained anew"])
-        raise DataError(f"{out} holds a dataset built from other inputs ({'; '.join(diffs[:4])}"
+        raise DatasetConflict(f"{out} holds a dataset built from other inputs ({'; '.join(diffs[:4])}"
                         f"{'; ...' if len(diffs) > 4 else ''}): rebuild it (prepare_data.py --force) or remove it")
     _check_out_dir(out, force)
 
@@ -261,6 +274,20 @@ def prepare_dataset(
     return out
 
 
+def _check_flags(args) -> None:
+    """Numbers out of range, named by their flags, before anything is read or written (prepare_dataset checks
+    them again for its other callers, by parameter name)."""
+    if not 0 <= args.val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    for flag, value, low in (("--workers", args.workers, 0), ("--shard-tokens", args.shard_tokens, 1),
+                             ("--tokenizer-sample-mb", args.tokenizer_sample_mb, 1)):
+        if value < low:
+            raise DataError(f"{flag} must be >= {low}, got {value}")
+    if args.vocab_size is not None and args.vocab_size < MIN_VOCAB_SIZE:
+        raise DataError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} (byte fallback takes 260 ids and merges "
+                        f"need room), got {args.vocab_size}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; user errors print one line and return 2."""
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -281,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def run() -> None:
+        _check_flags(args)
         prepare_dataset(args.input, args.out, tokenizer_dir=args.tokenizer, vocab_size=args.vocab_size,
                         text_field=args.text_field, val_fraction=args.val_fraction, workers=args.workers,
                         force=args.force, tokenizer_sample_mb=args.tokenizer_sample_mb,

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import DataError
+from core.errors import DataError, SourceError
 from data.config import DataConfig
 from data.dataset import TokenDataset, check_compatible
-from data.prepare_data import prepare_dataset, tokenizer_location
+from data.prepare_data import DatasetConflict, prepare_dataset, tokenizer_location
 from data.shards import MANIFEST
 from Tokenizer import TextTokenizer, has_tokenizer, load_tokenizer
+from Tokenizer.train_tokenizer import check_out_dir
 
 
 @dataclass
@@ -42,6 +43,8 @@ def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = Tru
         if n != vocab_size:
             raise DataError(f"{tok_dir} holds a {n}-token tokenizer but model.vocab_size is {vocab_size}: set "
                             f"model.vocab_size={n}, or another data.dataset_dir to train a new tokenizer")
+    if not inside and not tokenizer_exists:  # a tokenizer will be trained into data.tokenizer_dir: can it take one?
+        check_out_dir(tok_dir, "data.tokenizer_dir")
     if not (dataset_dir / MANIFEST).is_file():
         info(f"preparing dataset {dataset_dir} from {', '.join(cfg.sources)}")
     try:
@@ -55,7 +58,9 @@ def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = Tru
             tokenizer_sample_mb=cfg.tokenizer_sample_mb,
             progress=progress,
         )
-    except DataError as e:
+    except SourceError as e:  # a missing source file, a malformed line: the inputs are wrong, not the directory
+        raise SourceError(f"data.sources: {e}") from None
+    except DatasetConflict as e:  # only a directory that holds something else is the dataset_dir's fault
         raise DataError(f"data.dataset_dir: {e}, or set another data.dataset_dir") from None
 
 

@@ -12,10 +12,11 @@ import time
 import warnings
 
 from core import cli
+from core.device import resolve_device, resolve_dtype
 from core.errors import DataError
 from inference.errors import GenerationError
 from inference.generator import DEFAULT_MAX_NEW_TOKENS, Generator
-from inference.sampling import SamplingParams
+from inference.sampling import SEED_LIMIT, SamplingParams
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +49,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _sampling(args: argparse.Namespace) -> SamplingParams:
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
-    params.validate()
+    params.validate(_flag)
     return params
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """The flags that need no checkpoint, named as typed, before anything is loaded."""
+    for name in ("max_new_tokens", "num_samples"):
+        if getattr(args, name) < 1:
+            raise GenerationError(f"{_flag(name)} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise GenerationError(f"--seed must be in [0, 2**63), got {args.seed}")
+    last = args.seed + args.num_samples - 1  # sample i uses seed + i
+    if last >= SEED_LIMIT:
+        raise GenerationError(f"--seed {args.seed} + --num-samples {args.num_samples} - 1 = {last} is past the "
+                              "largest seed, 2**63 - 1")
+    if any(not s for s in args.stop):
+        raise GenerationError("--stop must not be empty (an empty string would stop before the first token)")
+
+
+def _utf8(text: str, where: str) -> str:
+    """`text` if it is valid UTF-8 text; argv bytes that are not arrive as lone surrogates (surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "surrogateescape") if "\udc80" <= text[e.start] <= "\udcff" else None
+        what = f"byte 0x{bad.hex()}" if bad else f"character U+{ord(text[e.start]):04X}"
+        raise GenerationError(f"{where} is not valid UTF-8 text ({what} at character {e.start})") from None
+    return text
+
+
+def _read_stdin() -> str:
+    """All of stdin as text, decoded strictly: bytes that are not UTF-8 are an error, not silently replaced."""
+    if not hasattr(sys.stdin, "buffer"):  # already text (a caller replaced sys.stdin)
+        return _utf8(sys.stdin.read(), "--prompt - (stdin)")
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GenerationError(f"--prompt - (stdin) is not valid UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                              f"{e.start})") from None
 
 
 def _read_prompt(args: argparse.Namespace) -> str | None:
@@ -61,9 +104,9 @@ def _read_prompt(args: argparse.Namespace) -> str | None:
             raise GenerationError("give --prompt TEXT (or --prompt - to read stdin), or --interactive")
         return None
     if args.prompt == "-":
-        text = sys.stdin.read()
+        text = _read_stdin()
         return text[:-1] if text.endswith("\n") else text
-    return args.prompt
+    return _utf8(args.prompt, "--prompt")
 
 
 def _stream_samples(gen: Generator, prompt: str, args: argparse.Namespace, sampling: SamplingParams) -> None:
@@ -92,10 +135,13 @@ def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingPar
         except EOFError:
             print()
             return
+        except UnicodeDecodeError as e:  # a line that is not UTF-8 does not end the session either
+            print(f"error: the prompt is not valid UTF-8 text ({e.reason})", file=sys.stderr)
+            continue
         if not prompt:
             return
         try:
-            _stream_samples(gen, prompt, args, sampling)
+            _stream_samples(gen, _utf8(prompt, "the prompt"), args, sampling)
         except GenerationError as e:  # a bad prompt does not end the session
             print(f"error: {e}", file=sys.stderr)
 
@@ -157,14 +203,20 @@ def _check_chat_flags(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> None:
     """Everything run_inference.py does, after parsing."""
     sampling = _sampling(args)
-    if args.num_samples < 1:
-        raise GenerationError(f"--num-samples must be >= 1, got {args.num_samples}")
+    _check_flags(args)
     _check_chat_flags(args)
+    device = resolve_device(args.device, "--device")
+    dtype = resolve_dtype(args.dtype, device, "--dtype")
     prompt = None if args.chat and args.prompt is None else _read_prompt(args)
-    gen = Generator.from_checkpoint(args.checkpoint, args.device, args.dtype, args.compile, not args.no_kv_cache)
+    gen = Generator.from_checkpoint(args.checkpoint, device, dtype, args.compile, not args.no_kv_cache)
     if args.chat:
         _chat(gen, prompt, args, sampling)
         return
+    if prompt is not None:
+        gen.encode(prompt, args.bos)  # an empty prompt is the first thing to hear about, before the length rule
+    if args.max_new_tokens >= gen.max_seq_len:
+        raise GenerationError(f"--max-new-tokens ({args.max_new_tokens}) must be less than the checkpoint's "
+                              f"model.max_seq_len ({gen.max_seq_len})")
     if prompt is not None:
         _stream_samples(gen, prompt, args, sampling)
     if args.interactive:

@@ -57,14 +57,16 @@ class Generator:
     def from_checkpoint(
         cls,
         path: str | Path,
-        device: str = "auto",
-        dtype: str = "auto",
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
         compile: bool = False,
         use_kv_cache: bool = True,
     ) -> Generator:
-        """Load a checkpoint directory or a run's out_dir (its latest checkpoint) with its tokenizer."""
-        dev = resolve_device(device, "device")
-        model, ckpt_dir = load_model(path, dev, resolve_dtype(dtype, dev, "dtype"))
+        """Load a checkpoint directory or a run's out_dir (its latest checkpoint) with its tokenizer; `device` and
+        `dtype` are names (see core.device) or already resolved."""
+        dev = device if isinstance(device, torch.device) else resolve_device(device, "device")
+        dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev, "dtype")
+        model, ckpt_dir = load_model(path, dev, dtype)
         if not (ckpt_dir / TOKENIZER).is_dir():
             raise CheckpointError(f"checkpoint {ckpt_dir} has no {TOKENIZER}/ directory: cannot turn text into tokens")
         return cls(model, load_tokenizer(ckpt_dir / TOKENIZER), compile=compile, use_kv_cache=use_kv_cache)

@@ -8,12 +8,14 @@ draws from a private torch.Generator, so the same seed gives the same tokens wha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from inference.errors import GenerationError
+
+SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 @dataclass(frozen=True)
@@ -30,18 +32,20 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def validate(self) -> None:
-        """Raise GenerationError naming the first value out of range."""
+    def validate(self, name: Callable[[str], str] = str) -> None:
+        """Raise GenerationError naming the first value out of range; `name` turns a field name into the name the
+        user gave it (the CLI passes one that spells flags: top_p -> --top-p)."""
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise GenerationError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+            raise GenerationError(f"{name('temperature')} must be >= 0 (0 means greedy), got {self.temperature}")
         if self.top_k < 0:
-            raise GenerationError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+            raise GenerationError(f"{name('top_k')} must be >= 0 (0 disables it), got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise GenerationError(f"{name('top_p')} must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
-            raise GenerationError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise GenerationError(f"{name('min_p')} must be in [0, 1], got {self.min_p}")
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise GenerationError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+            raise GenerationError(
+                f"{name('repetition_penalty')} must be > 0 (1 disables it), got {self.repetition_penalty}")
 
 
 # ---- logits -> logits ----------------------------------------------------------------------------------------
@@ -107,6 +111,8 @@ class Sampler:
         allowed_vocab: int | None = None,
     ):
         params.validate()
+        if not 0 <= seed < SEED_LIMIT:
+            raise GenerationError(f"seed must be in [0, 2**63), got {seed}")
         self.params = params
         self.allowed_vocab = allowed_vocab  # ids >= this (model rows the tokenizer never uses) are never chosen
         self.generator = torch.Generator(device=device)

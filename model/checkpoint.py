@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from core.atomic import atomic_directory, mark_output_dir
 from core.configio import build, load_yaml_tree
 from core.errors import CheckpointError, ConfigError
+from core.memory import require_memory
 from model.config import ModelConfig
 from model.transformer import Transformer
 
@@ -191,12 +192,27 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     The model's config is `model.cfg`; the tokenizer, when saved, is `ckpt_dir / TOKENIZER`."""
     ckpt_dir = find_checkpoint(path)
     cfg = read_model_config(ckpt_dir)
+    check_fits(ckpt_dir, cfg, torch.device(device))
     with torch.device("meta"):
         model = Transformer(cfg)
     model.to_empty(device=device)
     model.init_weights()  # fills the non-persistent RoPE tables; weights are overwritten next
     load_weights_into(model, ckpt_dir)
     return model.to(dtype=dtype).eval(), ckpt_dir
+
+
+def check_fits(ckpt_dir: Path, cfg: ModelConfig, device: torch.device) -> None:
+    """CheckpointError, before anything is allocated, when loading would not fit: the model is materialized in
+    fp32 on `device` (then cast), while the weights file is read into host memory."""
+    params = 4 * cfg.num_params()
+    file = (ckpt_dir / WEIGHTS).stat().st_size
+    advice = "use a machine with more memory" + ("" if device.type == "cuda" else ", or load it onto a GPU")
+    what = f"checkpoint {ckpt_dir} ({cfg.num_params() / 1e9:.3g}B parameters)"
+    if device.type == "cpu":
+        require_memory(params + file, device, what, advice, CheckpointError)
+    else:
+        require_memory(file, torch.device("cpu"), what, advice, CheckpointError)
+        require_memory(params, device, what, advice, CheckpointError)
 
 
 def save_model_checkpoint(directory: str | Path, model: torch.nn.Module, tokenizer_dir: str | Path | None = None,

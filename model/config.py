@@ -79,6 +79,17 @@ class ModelConfig:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * math.ceil(hidden / self.multiple_of)
 
+    def block_params(self) -> int:
+        """Parameters of one transformer block: attention (wq, wk, wv, wo), SwiGLU (w1, w2, w3), two norms."""
+        kv_dim = self.kv_heads * self.head_dim
+        return 2 * self.dim * self.dim + 2 * self.dim * kv_dim + 3 * self.dim * self.hidden_dim + 2 * self.dim
+
+    def num_params(self) -> int:
+        """Parameters of the whole model (a tied head counted once), by arithmetic: no tensor is created, so
+        even a config far too large to build (whose sizes overflow torch's storage) can be measured."""
+        embeddings = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+        return embeddings + self.n_layers * self.block_params() + self.dim
+
     def architecture(self) -> dict:
         """What the weights depend on. Configs with equal architectures can share checkpoints, whatever their
         max_seq_len, dropout, init_std or way of writing the SwiGLU width."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import shutil
 import sys
@@ -213,6 +214,37 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype, special_ids: dict | None = N
     }
 
 
+_REQUIRED = object()
+
+
+def _int(hf: dict, key: str, default: int | object | None = _REQUIRED) -> int | None:
+    """A positive integer of config.json. Structural keys have no default: their absence is an error (no silent
+    7B defaults); a key that may be absent or null gets `default`."""
+    value = hf.get(key)
+    if value is None and default is not _REQUIRED:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        what = "missing" if key not in hf else f"{value!r} ({type(value).__name__})"
+        raise CheckpointError(f"config.json: {key!r} must be a positive integer, got {what}")
+    return value
+
+
+def _float(hf: dict, key: str, default: float, where: str = "") -> float:
+    """A finite number of config.json (absent: `default`); `where` names the enclosing object."""
+    value = hf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CheckpointError(f"config.json: {where + key!r} must be a finite number, got {value!r} "
+                              f"({type(value).__name__})")
+    return float(value)
+
+
+def _bool(hf: dict, key: str, default: bool) -> bool:
+    value = hf.get(key, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"config.json: {key!r} must be true or false, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def _rope(hf: dict) -> tuple[float, RopeScaling]:
     """rope_theta and the RoPE scaling from either layout (5.x `rope_parameters`, 4.x top-level `rope_theta` +
     `rope_scaling`); scaling types other than llama3 are refused, naming the key."""
@@ -222,7 +254,8 @@ def _rope(hf: dict) -> tuple[float, RopeScaling]:
         raise CheckpointError(f"config.json: {key} must be an object, got {params!r}")
     if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise CheckpointError("config.json: partial_rotary_factor != 1 is not supported")
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = _float(params, "rope_theta", 10000.0, f"{key}.") if "rope_theta" in params else \
+        _float(hf, "rope_theta", 10000.0)
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type in (None, "default"):
         return theta, RopeScaling()
@@ -241,13 +274,6 @@ def _rope(hf: dict) -> tuple[float, RopeScaling]:
     return theta, scaling
 
 
-def _require(hf: dict, key: str) -> int:
-    """A structural integer key of config.json; its absence is an error (no silent 7B defaults)."""
-    if not isinstance(hf.get(key), int):
-        raise CheckpointError(f"config.json: missing or non-integer {key!r}")
-    return hf[key]
-
-
 def model_config_from_hf(hf: dict) -> ModelConfig:
     """Our ModelConfig for a Hugging Face Llama config.json dict; unsupported features raise CheckpointError."""
     if hf.get("model_type") != "llama":
@@ -260,26 +286,24 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
             raise CheckpointError(f"config.json: {key}={hf[key]!r} is not supported (attention is over all tokens)")
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (only silu)")
-    dim, n_heads = _require(hf, "hidden_size"), _require(hf, "num_attention_heads")
-    n_kv = hf.get("num_key_value_heads") or n_heads
-    head_dim = hf.get("head_dim")
-    if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
-        raise CheckpointError(f"config.json: head_dim must be a positive integer, got {head_dim!r}")
+    dim, n_heads = _int(hf, "hidden_size"), _int(hf, "num_attention_heads")
+    n_kv = _int(hf, "num_key_value_heads", n_heads)
+    head_dim = _int(hf, "head_dim", None)
     theta, scaling = _rope(hf)
     cfg = ModelConfig(
         dim=dim,
-        n_layers=_require(hf, "num_hidden_layers"),
+        n_layers=_int(hf, "num_hidden_layers"),
         n_heads=n_heads,
         n_kv_heads=None if n_kv == n_heads else n_kv,
         head_dim=head_dim,  # None: dim // n_heads, as in transformers
-        vocab_size=_require(hf, "vocab_size"),
-        ffn_hidden_dim=_require(hf, "intermediate_size"),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),  # LlamaConfig's default
+        vocab_size=_int(hf, "vocab_size"),
+        ffn_hidden_dim=_int(hf, "intermediate_size"),
+        norm_eps=_float(hf, "rms_norm_eps", 1e-6),  # LlamaConfig's default
         rope_theta=theta,
         rope_scaling=scaling,
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),  # LlamaConfig's default
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        init_std=float(hf.get("initializer_range", 0.02)),
+        max_seq_len=_int(hf, "max_position_embeddings", 2048),  # LlamaConfig's default
+        tie_embeddings=_bool(hf, "tie_word_embeddings", False),
+        init_std=_float(hf, "initializer_range", 0.02),
     )
     try:
         cfg.validate()
@@ -293,8 +317,8 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON, or bytes that are not UTF-8
         raise CheckpointError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")

@@ -15,14 +15,19 @@ if str(ROOT) not in sys.path:
 
 from core import cli  # noqa: E402
 from core.errors import DataError  # noqa: E402
+from core.paths import check_dir_path  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
     """Records of metrics.jsonl (skipped-step records left out)."""
     if not path.is_file():
         raise DataError(f"no metrics file at {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not a metrics log: byte {e.start} is not UTF-8 text") from None
     records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -32,6 +37,8 @@ def read_metrics(path: Path) -> list[dict]:
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise DataError(f"{path}, line {i}: a metrics record needs an integer 'step'")
         records.append(record)
+    if not records:
+        raise DataError(f"{path} holds no metrics records yet (the run logs every train.log_interval steps)")
     return [r for r in records if not r.get("skipped")]
 
 
@@ -47,6 +54,8 @@ def plot(out_dir: Path, dest: Path | None = None) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if dest is not None:
+        check_dir_path(dest, "--out", DataError)
     records = read_metrics(out_dir / "metrics.jsonl")
     dest = dest or out_dir
     dest.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from model import Transformer
 from train.config import Config
 
 GIB = 2**30
@@ -74,10 +71,10 @@ def estimate_memory(cfg: Config, world_size: int, parallel: str, precision: str)
     """Estimate per-GPU training memory for `cfg` on `world_size` ranks (parallel and precision resolved:
     none/ddp/fsdp and fp32/bf16/fp16)."""
     m, t = cfg.model, cfg.train
-    with torch.device("meta"):  # exact parameter counts without allocating anything
-        model = Transformer(m)
-    n = model.num_params()
-    per_block = sum(p.numel() for p in model.layers[0].parameters())
+    # Counted by arithmetic, not on a meta model: a config far too large for any machine (the case the training
+    # pre-flight check refuses) can have tensors whose byte size overflows torch's storage computation.
+    n = m.num_params()
+    per_block = m.block_params()
     root = n - m.n_layers * per_block
     compute_bytes = 4 if precision == "fp32" else 2
     accum = cfg.grad_accum_steps(world_size)

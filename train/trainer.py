@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from core.errors import ConfigError
 from core.lock import LOCK_FILE, DirectoryLock
+from core.memory import require_memory
 from data.setup import open_training_data, prepare_training_data
 from model.checkpoint import find_checkpoint
 from train import checkpoint as ckpt
@@ -82,18 +84,24 @@ class Trainer:
         t = cfg.train
         self.plan = resolve_plan(t, self.world)
         self.accum = cfg.grad_accum_steps(self.world.world_size)
+        self.memory = estimate_memory(cfg, self.world.world_size, self.plan.parallel, self.plan.precision)
+        self._check_memory()
         self.out_dir = Path(t.out_dir)
 
         # Rank 0 holds the run directory for the whole run: a second job on it stops here, naming this one.
         self.lock = DirectoryLock(self.out_dir, "train.out_dir") if self.world.is_main else None
         created = not self.out_dir.exists()
+        lock_created = not (self.out_dir / LOCK_FILE).exists()
         on_main(self.world, lambda: self.lock.acquire())
         try:
             self._setup(cfg)
         except BaseException:
             self.close()
-            if created and self.world.is_main and [p.name for p in self.out_dir.iterdir()] == [LOCK_FILE]:
-                shutil.rmtree(self.out_dir)  # a run that failed to start leaves nothing behind
+            if self.world.is_main:  # a run that failed to start leaves nothing behind, not even its lock file
+                if created and [p.name for p in self.out_dir.iterdir()] == [LOCK_FILE]:
+                    shutil.rmtree(self.out_dir)
+                elif lock_created:
+                    (self.out_dir / LOCK_FILE).unlink(missing_ok=True)
             raise
 
     def _setup(self, cfg: Config) -> None:
@@ -174,6 +182,21 @@ class Trainer:
         source = find_checkpoint(mode)
         return source, ckpt.load_resumable(source)
 
+    def _check_memory(self) -> None:
+        """Refuse, before any data is prepared or tensor allocated, a run the device cannot hold (the estimate is
+        rough, so only a run that needs more than all the free memory is refused)."""
+        est, device = self.memory, self.plan.device
+        # CPU ranks of one machine share its memory; each GPU has its own.
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if device.type == "cpu" else 1
+        require_memory(
+            est.total * ranks, device,
+            f"training this model ({est.params / 1e9:.3g}B parameters, {est.tokens} tokens per micro batch)",
+            "make the model smaller (model.dim, model.n_layers, model.vocab_size) or the micro batch "
+            "(train.micro_batch_size, train.seq_len), or set train.activation_checkpointing=true or "
+            "train.parallel=fsdp over several GPUs",
+            ConfigError,
+        )
+
     def _describe_model(self) -> None:
         model, plan = self.engine.raw_model, self.plan
         n = model.num_params()
@@ -182,7 +205,7 @@ class Trainer:
             f"device {plan.device}, precision {plan.precision}, parallel {plan.parallel}, "
             f"{self.world.world_size} rank(s), {self.accum} micro batch(es) per step"
         )
-        self._info(estimate_memory(self.cfg, self.world.world_size, plan.parallel, plan.precision).summary())
+        self._info(self.memory.summary())
 
     # ---- state ---------------------------------------------------------------------------------------------
 

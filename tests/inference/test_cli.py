@@ -29,8 +29,8 @@ SUBPROCESS_RUNS = {
     "not_a_checkpoint": (["--prompt", "x"], "is not a checkpoint"),
     "empty_prompt": (["--prompt", ""], "prompt is empty"),
     "negative_temperature": (["--prompt", "x", "--temperature", "-0.5"], "temperature"),
-    "top_p_zero": (["--prompt", "x", "--top-p", "0"], "top_p"),
-    "top_p_above_one": (["--prompt", "x", "--top-p", "1.5"], "top_p"),
+    "top_p_zero": (["--prompt", "x", "--top-p", "0"], "--top-p"),
+    "top_p_above_one": (["--prompt", "x", "--top-p", "1.5"], "--top-p"),
 }
 ERRORS = [name for name, (_, error) in SUBPROCESS_RUNS.items() if error]
 
@@ -119,7 +119,7 @@ def test_interactive_loop(capsys, monkeypatch, memorized_ckpt: Path) -> None:
     "args, needle",
     [
         (["--prompt", "x", "--temperature", "hot"], "--temperature"),
-        (["--prompt", "x", "--max-new-tokens", str(MAX_SEQ_LEN)], "max_new_tokens"),
+        (["--prompt", "x", "--max-new-tokens", str(MAX_SEQ_LEN)], "--max-new-tokens"),
         (["--prompt", "x", "--num-samples", "0"], "num-samples"),
         (["--prompt", "x", "--dtype", "fp8"], "dtype"),
         (["--prompt", "x", "--stop", ""], "stop"),

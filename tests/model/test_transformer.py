@@ -22,6 +22,8 @@ def test_num_params_by_hand(make_model, tie, total, without_embeddings):
     assert model.num_params() == total
     assert model.num_params(include_embeddings=False) == without_embeddings
     assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.cfg.num_params() == total  # the arithmetic count, without building anything
+    assert model.cfg.block_params() == BLOCK
 
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])

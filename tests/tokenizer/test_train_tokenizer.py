@@ -115,7 +115,7 @@ def test_cli_trains_from_text_files(tmp_path, tiny_corpus_texts):
     ("args", "message"),
     [
         (["--input", "{tmp}/missing.txt", "--vocab-size", "512"], "{tmp}/missing.txt"),
-        (["--input", "{tmp}/corpus.txt", "--vocab-size", "100"], "vocab_size 100 is too small"),
+        (["--input", "{tmp}/corpus.txt", "--vocab-size", "100"], "--vocab-size must be at least"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
