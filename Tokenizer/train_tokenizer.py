@@ -28,7 +28,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from core import cli
-from core.atomic import atomic_directory, remove_stale_temporaries
+from core.atomic import atomic_directory, check_outside_inputs, remove_stale_temporaries
 from core.errors import ConfigError, DataError
 from core.paths import check_dir_path
 from core.sources import iter_documents
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         _check_flags(args)
+        check_outside_inputs(args.out, [spec for spec in args.input if Path(spec).exists()])
         tokenizer = train_tokenizer(iter_documents(args.input, text_field=args.text_field), args.vocab_size,
                                     args.out, sample_mb=args.sample_mb, seed=args.seed, progress=not args.quiet,
                                     source=", ".join(args.input))

@@ -114,16 +114,22 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 OUTPUT_MARK = ".written-by"  # in a directory a tool wrote: the tool's name, so --overwrite can tell it is its own
 
 
+def check_outside_inputs(out: str | Path, inputs: list[str | Path], flag: str = "--out") -> None:
+    """UserError when the output directory `out` is one of `inputs`, inside one, or holds one: a tool never writes
+    into or over what it reads (replacing the output would delete the input)."""
+    target = Path(out).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise UserError(f"{flag} {out} overlaps the input {given}: write the output outside it")
+
+
 def check_output_dir(out: str | Path, inputs: list[str | Path], tool: str, overwrite: bool,
                      flag: str = "--out") -> None:
     """UserError unless `tool` may write the directory `out`: never into or over one of its `inputs` (nor around
     one), and over an existing non-empty directory only with `overwrite` and only when `tool` wrote it."""
     out = Path(out)
-    target = out.resolve()
-    for given in inputs:
-        source = Path(given).resolve()
-        if target == source or source in target.parents or target in source.parents:
-            raise UserError(f"{flag} {out} overlaps the input {given}: write the output outside it")
+    check_outside_inputs(out, inputs, flag)
     check_dir_path(out, flag)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:

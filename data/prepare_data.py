@@ -26,7 +26,7 @@ import time
 from tqdm import tqdm
 
 from core import cli
-from core.atomic import atomic_directory, remove_stale_temporaries
+from core.atomic import atomic_directory, check_outside_inputs, remove_stale_temporaries
 from core.errors import DataError, SourceError
 from core.paths import check_dir_path
 from core.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
@@ -178,6 +178,7 @@ def prepare_dataset(
     tokenizer_sample_mb: int = 64,
     progress: bool = True,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    out_flag: str = "--out",
 ) -> Path:
     """Build (or reuse, if up to date) the token dataset in out_dir and return its path.
 
@@ -199,6 +200,10 @@ def prepare_dataset(
     check_dir_path(out, "--out", DatasetConflict)
     sources = [str(sources)] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
     resolved = resolve_sources(sources)
+    # Never into or over what it reads: --force would replace a source directory with the dataset.
+    read = [s.location for s in resolved if s.kind not in ("hf", "builtin")]
+    read += [spec for spec in sources if Path(spec).exists()] + ([tokenizer_dir] if tokenizer_dir else [])
+    check_outside_inputs(out, read, out_flag)
     workers = workers or available_cpus()
 
     tok_dir, inside = tokenizer_location(out, tokenizer_dir)

@@ -57,6 +57,7 @@ def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = Tru
             workers=cfg.workers,
             tokenizer_sample_mb=cfg.tokenizer_sample_mb,
             progress=progress,
+            out_flag="data.dataset_dir",
         )
     except SourceError as e:  # a missing source file, a malformed line: the inputs are wrong, not the directory
         raise SourceError(f"data.sources: {e}") from None

@@ -1,8 +1,8 @@
 """Every bad input to every command: exactly one `error:` line naming the bad key, flag, path or value, exit code
 2, no traceback, and nothing created or changed on disk.
 
-Rows: 153 bad inputs (run_train.py 45, run_inference.py 31, convert_hf.py 31, prepare_data.py 26,
-train_tokenizer.py 12, plot_logs.py 8).
+Rows: 156 bad inputs (run_train.py 45, run_inference.py 31, convert_hf.py 31, prepare_data.py 28,
+train_tokenizer.py 13, plot_logs.py 8).
 
 Each row runs the real command in a subprocess from the repo root, against the shared read-only `world`
 (tests/faults/conftest.py) and a directory of its own; both are snapshotted (paths, sizes, mtimes, content
@@ -234,6 +234,11 @@ CASES: list[Case] = [
          ["$tmp/ds/tokenizer", "--vocab-size"]),
     Case("prepare-tokenizer-missing", "prepare", ["--input", "$corpus", "--out", "$tmp/ds", "--tokenizer",
                                                   "$tmp/nope"], ["$tmp/nope"]),
+    # --force once replaced the source directory with the dataset: a tool never writes into or over its input.
+    Case("prepare-out-is-the-input-with-force", "prepare", ["--input", "$corpus", "--out", "$corpus", "--tokenizer",
+                                                            "$tokenizer", "--force"], ["--out", "$corpus", "overlaps"]),
+    Case("prepare-out-inside-the-input", "prepare", ["--input", "$corpus", "--out", "$corpus/ds", "--tokenizer",
+                                                     "$tokenizer"], ["--out", "$corpus/ds", "overlaps"]),
     Case("prepare-val-fraction-one", "prepare", ["--input", "$corpus", "--out", "$tmp/ds", "--tokenizer",
                                                  "$tokenizer", "--val-fraction", "1"], ["--val-fraction", "1"]),
     Case("prepare-val-fraction-nan", "prepare", ["--input", "$corpus", "--out", "$tmp/ds", "--tokenizer",
@@ -259,6 +264,8 @@ CASES: list[Case] = [
          ["$dataset"], {"a.py": "x = 1\n"}),
     # ---- Tokenizer/train_tokenizer.py ---------------------------------------------------------------------
     Case("tokenizer-no-vocab-flag", "tokenizer", ["--input", "$corpus", "--out", "$tmp/tok"], ["--vocab-size"]),
+    Case("tokenizer-out-inside-the-input", "tokenizer", ["--input", "$corpus", "--vocab-size", "384", "--out",
+                                                         "$corpus/tok"], ["--out", "$corpus/tok", "overlaps"]),
     Case("tokenizer-input-missing", "tokenizer", ["--input", "$tmp/nope", "--vocab-size", "384", "--out", "$tmp/tok"],
          ["$tmp/nope"]),
     Case("tokenizer-input-empty-file", "tokenizer", ["--input", "$tmp/e.txt", "--vocab-size", "384", "--out",
