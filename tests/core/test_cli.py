@@ -69,13 +69,20 @@ def test_ctrl_c_during_startup_imports_exits_quietly():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # What an entry point does first, then imports that never end (reloading a module), so the signal surely
     # lands inside an import.
-    code = ("import importlib, json, sys; sys.path.insert(0, '.'); from core import cli; cli.quiet_interrupts(); "
+    # SIGINT is restored to Python's default first: a job started in the background (as CI may start this suite)
+    # inherits it ignored, where a terminal's Ctrl-C would reach it.
+    code = ("import importlib, json, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.path.insert(0, '.'); from core import cli; cli.quiet_interrupts(); "
             "print('ready', flush=True)\nwhile True: importlib.reload(json)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave the endless loop behind
+        proc.wait()
     assert proc.returncode == 130, err
     assert err == "interrupted\n"

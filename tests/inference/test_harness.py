@@ -33,8 +33,8 @@ from tests.inference.conftest import CORPUS, DOCS, MAX_SEQ_LEN
 
 TOL = 1e-4
 # A rolling log-likelihood sums a whole document (thousands of nats): fp32 summation order alone moves it by a few
-# 1e-8 of its size, so sums are compared within 1e-4 or 1e-7 relative, whichever is larger.
-SUM_REL = 1e-7
+# float32 ulps of its size, so sums are compared within 1e-4 or 1e-6 relative (about 8 ulps), whichever is larger.
+SUM_REL = 1e-6
 TASKS = ["mini_mc", "mini_gen", "mini_ppl"]
 LONG = " ".join(CORPUS[:6])  # well over MAX_SEQ_LEN tokens: forces left truncation and several rolling windows
 

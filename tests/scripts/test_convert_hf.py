@@ -240,7 +240,7 @@ def test_rope_theta_read_from_either_layout(extra, theta):
         ({"sliding_window": 4096}, "sliding_window=4096 is not supported"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
         ({"head_dim": 7}, "head_dim (7, dim / n_heads unless set) must be even"),
-        ({"head_dim": 0}, "head_dim must be a positive integer"),
+        ({"head_dim": 0}, "'head_dim' must be a positive integer"),
         ({"intermediate_size": None}, "'intermediate_size'"),
     ],
     ids=["model-type", "llama3-incomplete", "linear-rope-v4", "yarn-rope-v5", "dynamic-rope", "attn-bias", "mlp-bias",
