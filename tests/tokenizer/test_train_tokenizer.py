@@ -104,9 +104,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_trains_from_text_files(tmp_path, tiny_corpus_texts):
+    (tmp_path / "corpus").mkdir()
     for i, doc in enumerate(tiny_corpus_texts[:200]):
-        (tmp_path / f"doc{i:03d}.txt").write_text(doc, encoding="utf-8")
-    result = run_cli("--input", str(tmp_path), "--vocab-size", "400", "--out", str(tmp_path / "tok"), "--quiet")
+        (tmp_path / "corpus" / f"doc{i:03d}.txt").write_text(doc, encoding="utf-8")
+    # The output lies beside the input, never inside it (tools never write into what they read).
+    result = run_cli("--input", str(tmp_path / "corpus"), "--vocab-size", "400", "--out", str(tmp_path / "tok"),
+                     "--quiet")
     assert result.returncode == 0, result.stderr
     assert Tokenizer.load(tmp_path / "tok").vocab_size == 400
 
