@@ -109,22 +109,28 @@ def _read_prompt(args: argparse.Namespace) -> str | None:
     return _utf8(args.prompt, "--prompt")
 
 
+def _print_stream(gen: Generator, pieces, eos_means: str = "eos"):
+    """Write streamed text pieces to stdout as they come, then a speed line to stderr; returns the completion."""
+    start = time.perf_counter()
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    seconds = time.perf_counter() - start
+    done = gen.last[0]
+    n = len(done.token_ids)
+    print(flush=True)
+    reason = eos_means if done.finish_reason == "eos" else done.finish_reason
+    print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, stopped by {reason}]",
+          file=sys.stderr, flush=True)
+    return done
+
+
 def _stream_samples(gen: Generator, prompt: str, args: argparse.Namespace, sampling: SamplingParams) -> None:
     """Stream --num-samples continuations of one prompt to stdout; a speed line per sample to stderr."""
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{args.num_samples} ---", flush=True)
-        start = time.perf_counter()
-        pieces = gen.stream(prompt, args.max_new_tokens, sampling, args.stop, args.seed + i, args.bos)
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        seconds = time.perf_counter() - start
-        done = gen.last[0]
-        n = len(done.token_ids)
-        print(flush=True)
-        print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, stopped by {done.finish_reason}]",
-              file=sys.stderr, flush=True)
+        _print_stream(gen, gen.stream(prompt, args.max_new_tokens, sampling, args.stop, args.seed + i, args.bos))
 
 
 def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingParams) -> None:
@@ -148,18 +154,8 @@ def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingPar
 
 def _reply(gen: Generator, messages: list[dict], args: argparse.Namespace, sampling: SamplingParams) -> str:
     """Stream the assistant's reply to stdout, a speed line to stderr; return the reply."""
-    start = time.perf_counter()
-    for piece in gen.chat(messages, args.max_new_tokens, sampling, args.stop, args.seed):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    seconds = time.perf_counter() - start
-    done = gen.last[0]
-    n = len(done.token_ids)
-    print(flush=True)
-    reason = "end of turn" if done.finish_reason == "eos" else done.finish_reason
-    print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, stopped by {reason}]",
-          file=sys.stderr, flush=True)
-    return done.text
+    return _print_stream(gen, gen.chat(messages, args.max_new_tokens, sampling, args.stop, args.seed),
+                         eos_means="end of turn").text
 
 
 def _chat(gen: Generator, prompt: str | None, args: argparse.Namespace, sampling: SamplingParams) -> None:
