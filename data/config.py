@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from core.errors import ConfigError
 
@@ -22,6 +23,10 @@ class DataConfig:
     val_fraction: float = 0.005  # fraction of documents held out for validation (chosen per document, deterministic)
     workers: int = 0  # tokenization processes; 0 means all cores
     tokenizer_sample_mb: int = 64  # MB of text sampled to train the tokenizer (bounds its memory)
+    # text: documents for pretraining. chat: conversations for supervised fine-tuning (data/conversations.py), the
+    # loss on assistant tokens only; the tokenizer is data.tokenizer_dir, else the one of train.init_from
+    format: Literal["text", "chat"] = "text"
+    pack: bool = True  # chat: pack conversations into rows with document masking (false: one per row, padded)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first data.* key that is out of range."""
@@ -31,5 +36,8 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        if self.format == "chat" and self.sources == ["builtin:python-stdlib"]:
+            raise ConfigError("data.format=chat needs conversation sources: set data.sources (e.g. "
+                              "[builtin:python-stdlib-chat] or .jsonl files of messages)")
         if self.tokenizer_sample_mb <= 0:
             raise ConfigError(f"data.tokenizer_sample_mb must be positive, got {self.tokenizer_sample_mb}")

@@ -17,16 +17,21 @@ DATASETS_ROOT = Path("out") / "datasets"  # under out/, not ./datasets/: that wo
 
 
 def data_settings_hash(sources: list[str], vocab_size: int, tokenizer_dir: str | None, text_field: str,
-                       val_fraction: float, tokenizer_sample_mb: int) -> str:
-    """8 hex digits of sha256 over the settings (sources as written, in order); stable across runs and machines."""
+                       val_fraction: float, tokenizer_sample_mb: int, extra: dict | None = None) -> str:
+    """8 hex digits of sha256 over the settings (sources as written, in order); stable across runs and machines.
+    `extra` (settings of other dataset kinds, e.g. conversations) joins the hash only when given."""
     settings = {"sources": [str(s) for s in sources], "vocab_size": vocab_size, "tokenizer_dir": tokenizer_dir,
                 "text_field": text_field, "val_fraction": float(val_fraction),
                 "tokenizer_sample_mb": tokenizer_sample_mb}
+    if extra:
+        settings["extra"] = extra
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_dataset_dir(config_name: str, sources: list[str], vocab_size: int, tokenizer_dir: str | None,
-                        text_field: str, val_fraction: float, tokenizer_sample_mb: int) -> Path:
+                        text_field: str, val_fraction: float, tokenizer_sample_mb: int,
+                        extra: dict | None = None) -> Path:
     """out/datasets/<config_name>-<data_settings_hash(...)>."""
-    digest = data_settings_hash(sources, vocab_size, tokenizer_dir, text_field, val_fraction, tokenizer_sample_mb)
+    digest = data_settings_hash(sources, vocab_size, tokenizer_dir, text_field, val_fraction, tokenizer_sample_mb,
+                                extra)
     return DATASETS_ROOT / f"{config_name}-{digest}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import DataError, SourceError
+from data.chat_dataset import ChatDataset, check_chat_compatible, prepare_chat_dataset
 from data.config import DataConfig
 from data.dataset import TokenDataset, check_compatible
 from data.prepare_data import DatasetConflict, prepare_dataset, tokenizer_location
@@ -27,7 +28,7 @@ class TrainingData:
 
     tokenizer_dir: Path
     tokenizer: TextTokenizer
-    dataset: TokenDataset
+    dataset: TokenDataset | ChatDataset
 
 
 def prepare_training_data(cfg: DataConfig, vocab_size: int, progress: bool = True,
@@ -73,3 +74,22 @@ def open_training_data(cfg: DataConfig, vocab_size: int) -> TrainingData:
     dataset = TokenDataset(cfg.dataset_dir)
     check_compatible(dataset, tokenizer, vocab_size)
     return TrainingData(tok_dir, tokenizer, dataset)
+
+
+def prepare_chat_data(cfg: DataConfig, tokenizer_dir: Path, info: Callable[[str], None] = print) -> None:
+    """Encode the conversations of cfg.sources with the tokenizer in `tokenizer_dir` (which must have chat
+    markers) into cfg.dataset_dir, unless it is up to date."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    _ = tokenizer.chat_token_ids  # no markers: one error saying how to add them, before any row is read
+    try:
+        prepare_chat_dataset(cfg.sources, cfg.dataset_dir, tokenizer, cfg.val_fraction, info)
+    except SourceError as e:
+        raise SourceError(f"data.sources: {e}") from None
+
+
+def open_chat_data(cfg: DataConfig, tokenizer_dir: Path, vocab_size: int) -> TrainingData:
+    """Open the prepared conversation dataset and check it against the tokenizer and the model's vocabulary."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    dataset = ChatDataset(cfg.dataset_dir)
+    check_chat_compatible(dataset, tokenizer, vocab_size)
+    return TrainingData(Path(tokenizer_dir), tokenizer, dataset)

@@ -9,6 +9,7 @@ from torch import nn
 
 from model.attention import Attention
 from model.config import ModelConfig
+from model.documents import document_mask, document_positions
 from model.kv_cache import KVCache
 from model.mlp import FeedForward
 from model.norm import RMSNorm
@@ -111,6 +112,7 @@ class Transformer(nn.Module):
         key_mask: torch.Tensor | None = None,
         cache_rows: slice | None = None,
         return_hidden: bool = False,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for tokens (B, T) at positions start_pos .. start_pos + T - 1.
 
@@ -126,6 +128,9 @@ class Transformer(nn.Module):
         cache_rows (a slice, default the first B rows) picks the cache rows the batch uses. key_mask,
         optional, hides key positions per row (left padding): (B, cache_len) with a cache, (B, T) without one.
         A padding query sees only itself; its logits are meaningless.
+
+        doc_ids (B, T), training only (no cache, no key_mask): several documents packed into each row, attention
+        and RoPE positions restarted per document (model/documents.py), as if each document were alone.
         """
         T = tokens.shape[1]
         cache_len = self.cache_len
@@ -139,14 +144,22 @@ class Transformer(nn.Module):
                 raise ValueError(f"row positions up to {last - 1} exceed the limit of {limit} positions")
         elif isinstance(start_pos, int) and start_pos + T > limit:
             raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed the limit of {limit} positions")
+        if doc_ids is not None and (cache_len is not None or key_mask is not None
+                                    or not isinstance(start_pos, int) or start_pos != 0):
+            raise ValueError("doc_ids is for training forwards: no KV cache, no key_mask, start_pos 0")
         steps = torch.arange(T, device=tokens.device)
-        positions = start_pos[:, None] + steps if per_row else steps + start_pos  # (B, T) per row, else (T,)
+        if doc_ids is not None:
+            positions = document_positions(doc_ids)  # (B, T): restart at each document
+        else:
+            positions = start_pos[:, None] + steps if per_row else steps + start_pos  # (B, T) per row, else (T,)
         cos, sin = self.rope(positions)
-        if per_row:
+        if per_row or doc_ids is not None:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, head_dim // 2): broadcast over heads
 
         mask, kv_len = None, None
-        if per_row:
+        if doc_ids is not None:
+            mask = document_mask(doc_ids)  # (B, 1, T, T)
+        elif per_row:
             kv_len = last
             key_pos = torch.arange(kv_len, device=tokens.device)
             mask = key_pos[None, None, :] <= positions[:, :, None]  # (B, T, kv_len): causal per row

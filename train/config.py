@@ -49,6 +49,9 @@ class TrainConfig:
     init_from: str | None = None  # start from these weights (checkpoint or run dir; e.g. an imported HF model)
     #                               with a fresh optimizer at step 0; ignored when resuming
     compile: bool = False  # torch.compile the model
+    # pretraining: attention never crosses a document boundary (an EOS) inside a training window, and RoPE positions
+    # restart at each document (model/documents.py); fine-tuning on conversations always does this when packing
+    document_masking: bool = False
     activation_checkpointing: bool = False  # recompute block activations in backward to save memory
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when launched with several processes
     max_bad_steps: int = 5  # stop after this many non-finite steps in a row
@@ -172,6 +175,9 @@ class Config:
                 f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size "
                 f"({t.micro_batch_size}) x {world_size} data-parallel rank(s) = {per_step}"
             )
+        if self.data.format == "chat" and not (self.data.tokenizer_dir or t.init_from):
+            raise ConfigError("data.format=chat needs a tokenizer with chat markers: set train.init_from to the "
+                              "checkpoint to fine-tune (see scripts/add_chat_tokens.py) or data.tokenizer_dir")
         if o.warmup_steps >= t.max_steps:
             raise ConfigError(
                 f"optim.warmup_steps ({o.warmup_steps}) must be shorter than train.max_steps ({t.max_steps})"
@@ -208,8 +214,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, world_size
         cfg.train.out_dir = str(Path("out") / Path(path).stem)
     if cfg.data.dataset_dir is None:
         d = cfg.data
+        # A conversation dataset is encoded with the tokenizer of train.init_from when data.tokenizer_dir is unset.
+        extra = {"format": "chat", "init_from": cfg.train.init_from} if d.format == "chat" else None
         cfg.data.dataset_dir = str(default_dataset_dir(Path(path).stem, d.sources, cfg.model.vocab_size,
                                                        d.tokenizer_dir, d.text_field, d.val_fraction,
-                                                       d.tokenizer_sample_mb))
+                                                       d.tokenizer_sample_mb, extra))
     cfg.validate(world_size)
     return cfg

@@ -18,6 +18,7 @@ import torch
 
 from core.errors import DataError
 from data.dataset import TokenDataset
+from model.documents import doc_ids_from_eos
 
 STATE_VERSION = 1
 
@@ -26,13 +27,14 @@ class DataLoader:
     """Endless, deterministic, resumable (x, y) int64 batches of shape (micro_batch_size, seq_len) for one rank."""
 
     def __init__(self, dataset: TokenDataset, micro_batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, document_masking: bool = False):
         if micro_batch_size <= 0 or seq_len <= 0:
             raise ValueError(f"micro_batch_size and seq_len must be positive, got {micro_batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.dataset, self.micro_batch_size, self.seq_len = dataset, micro_batch_size, seq_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.document_masking = document_masking
         self.window = seq_len + 1
         self.n_windows = dataset.num_tokens("train") // self.window
         self.windows_per_step = micro_batch_size * world_size  # windows consumed by one micro batch on all ranks
@@ -52,10 +54,13 @@ class DataLoader:
             self._perms[epoch] = rng.permutation(self.n_windows)
         return self._perms[epoch]
 
-    def _batch(self, split: str, window_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, split: str, window_ids: np.ndarray) -> tuple[torch.Tensor, ...]:
         rows = np.stack([self.dataset.read(split, int(w) * self.window, self.window) for w in window_ids])
         rows = torch.from_numpy(rows.astype(np.int64))
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+        if self.document_masking:  # (x, y, doc_ids): attention stays inside each document of a window
+            return x, y, doc_ids_from_eos(x, self.dataset.eos_id)
+        return x, y
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) micro batch of this rank; a new epoch starts with a new permutation."""

@@ -26,7 +26,7 @@ from core.device import autocast
 from core.errors import CheckpointError
 from model import Transformer
 from model.checkpoint import WEIGHTS, check_weights, model_state_dict, read_model_config, read_weights
-from model.loss import chunked_cross_entropy
+from model.loss import IGNORE_INDEX, chunked_cross_entropy
 from train.config import Config
 from train.optim import build_optimizer, set_lr
 from train.parallel import (
@@ -42,16 +42,29 @@ from train.parallel import (
     reshard,
 )
 
-# loss_fn(model, batch) -> the mean loss of one micro batch (a scalar tensor that backward() can start from).
+# loss_fn(model, batch) -> the loss of one micro batch (a scalar tensor that backward() can start from).
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
-def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over a micro batch (x, y) in fp32, from the final hidden states: the head's
-    logits are made in chunks, never all at once (model/loss.py)."""
-    x, y = batch
-    hidden = model(x, return_hidden=True)
-    return chunked_cross_entropy(hidden, _head_weight(model), y)
+def next_token_loss(model: nn.Module, batch: Sequence[torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy of a micro batch (x, y) or (x, y, doc_ids) in fp32, the mean (or sum) over its
+    targets: y == IGNORE_INDEX adds nothing (masked targets in fine-tuning), and doc_ids packs several documents
+    per row with attention kept inside each (model/documents.py). The head's logits are made in chunks, never all
+    at once (model/loss.py)."""
+    x, y, *rest = batch
+    hidden = model(x, return_hidden=True, doc_ids=rest[0] if rest else None)
+    return chunked_cross_entropy(hidden, _head_weight(model), y, reduction=reduction)
+
+
+def summed_next_token_loss(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """next_token_loss summed over the targets: with train_step's weights = world_size / global target count, the
+    step minimizes the mean over every target of the global batch, however unevenly micro batches hold them."""
+    return next_token_loss(model, batch, reduction="sum")
+
+
+def count_targets(batch: Sequence[torch.Tensor]) -> int:
+    """Targets of a micro batch (x, y[, doc_ids]) that count in the loss."""
+    return int((batch[1] != IGNORE_INDEX).sum())
 
 
 def _head_weight(model: nn.Module) -> torch.Tensor:
@@ -133,17 +146,17 @@ class Engine:
         return StepResult(loss_value, norm_value, applied)
 
     @torch.no_grad()
-    def eval_loss(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
-        """(summed next-token loss, number of targets) over `batches`, added up over all ranks."""
+    def eval_loss(self, batches: Iterable[Sequence[torch.Tensor]]) -> tuple[float, int]:
+        """(summed next-token loss, number of targets) over micro batches (x, y[, doc_ids]), added up over all
+        ranks; masked targets (IGNORE_INDEX) are not counted."""
         self.model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
-        for x, y in batches:
-            x, y = x.to(self.device), y.to(self.device)
+        for batch in batches:
+            batch = _to(batch, self.device)
             with autocast(self.device, self.plan.autocast_precision):
-                hidden = self.model(x, return_hidden=True)
-                total += chunked_cross_entropy(hidden, _head_weight(self.model), y, reduction="sum").double()
-            count += y.numel()
+                total += next_token_loss(self.model, batch, reduction="sum").double()
+            count += (batch[1] != IGNORE_INDEX).sum()
         if self.plan.world.distributed:
             dist.all_reduce(total)
             dist.all_reduce(count)

@@ -25,16 +25,17 @@ from tqdm import tqdm
 from core.errors import ConfigError
 from core.lock import LOCK_FILE, DirectoryLock
 from core.memory import require_memory
-from data.setup import open_training_data, prepare_training_data
-from model.checkpoint import find_checkpoint
+from data.setup import open_chat_data, open_training_data, prepare_chat_data, prepare_training_data
+from model.checkpoint import TOKENIZER, find_checkpoint
 from train import checkpoint as ckpt
 from train.config import Config
 from train.dataloader import DataLoader
-from train.engine import Engine, StepResult, build_engine
+from train.engine import Engine, StepResult, build_engine, count_targets, summed_next_token_loss
 from train.memory import estimate_memory
 from train.metrics import MetricsLogger, resolve_peak_flops
 from train.optim import lr_at
 from train.parallel import World, broadcast_object, close_world, init_world, on_main, resolve_plan
+from train.sft import ChatLoader
 
 
 class TrainingStopped(RuntimeError):
@@ -113,12 +114,25 @@ class Trainer:
         if resume_from is None and t.init_from:
             init_from = broadcast_object(self.world, on_main(self.world, lambda: find_checkpoint(t.init_from)))
 
-        on_main(self.world, lambda: prepare_training_data(cfg.data, cfg.model.vocab_size, cfg.log.progress,
-                                                          self._info))  # the other ranks wait for it
-        data = open_training_data(cfg.data, cfg.model.vocab_size)
+        self.chat = cfg.data.format == "chat"
+        if self.chat:  # conversations, encoded with the tokenizer the fine-tuned checkpoint already has
+            tok_dir = Path(cfg.data.tokenizer_dir) if cfg.data.tokenizer_dir else (resume_from or init_from) / TOKENIZER
+            on_main(self.world, lambda: prepare_chat_data(cfg.data, tok_dir, self._info))
+            data = open_chat_data(cfg.data, tok_dir, cfg.model.vocab_size)
+        else:
+            on_main(self.world, lambda: prepare_training_data(cfg.data, cfg.model.vocab_size, cfg.log.progress,
+                                                              self._info))  # the other ranks wait for it
+            data = open_training_data(cfg.data, cfg.model.vocab_size)
         self.tokenizer_dir, self.tokenizer, self.dataset = data.tokenizer_dir, data.tokenizer, data.dataset
-        self.loader = DataLoader(self.dataset, t.micro_batch_size, t.seq_len, seed=t.seed,
-                                 rank=self.world.rank, world_size=self.world.world_size)
+        if self.chat:
+            self.loader = ChatLoader(self.dataset, t.micro_batch_size, t.seq_len, seed=t.seed, rank=self.world.rank,
+                                     world_size=self.world.world_size, pack=cfg.data.pack)
+            if any(self.loader.truncated.values()):
+                self._info(f"warning: {self.loader.truncated['train']} train and {self.loader.truncated['val']} val "
+                           f"conversation(s) are longer than train.seq_len={t.seq_len}: only their start is used")
+        else:
+            self.loader = DataLoader(self.dataset, t.micro_batch_size, t.seq_len, seed=t.seed, rank=self.world.rank,
+                                     world_size=self.world.world_size, document_masking=t.document_masking)
         next(iter(self.loader.validation_batches(1)))  # fail now, not at the first evaluation, if val is too small
 
         self.engine: Engine = build_engine(cfg, self.plan, resume_from or init_from)
@@ -280,23 +294,24 @@ class Trainer:
         # into micro batches and ranks.
         total, count = self.engine.eval_loss(self.loader.validation_batches(self.cfg.train.eval_batches * self.accum))
         val_loss = total / count
-        return {
-            "step": self.step,
-            "val_loss": val_loss,
-            "val_ppl": math.exp(min(val_loss, 50.0)),
-            "val_bpb": val_loss / math.log(2) / self.dataset.bytes_per_token("val"),
-        }
+        record = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        if not self.chat:  # a conversation's loss is over its assistant tokens only: no bytes to divide by
+            record["val_bpb"] = val_loss / math.log(2) / self.dataset.bytes_per_token("val")
+        return record
 
     def sample(self) -> str:
         """A short continuation of train.sample_prompt (top-k sampling with a fixed seed of its own, so it
-        never touches the training RNG). Every rank runs it: the logits and so the tokens agree."""
+        never touches the training RNG), or in fine-tuning the greedy reply to it as a user message. Every rank
+        runs it: the logits and so the tokens agree."""
         from inference import Generator, SamplingParams
 
+        t = self.cfg.train
         with self.engine.generation() as model:
-            done = Generator(model, self.tokenizer).generate(
-                self.cfg.train.sample_prompt, self.cfg.train.sample_tokens,
-                SamplingParams(temperature=0.8, top_k=40), seed=0,
-            )
+            generator = Generator(model, self.tokenizer)
+            if self.chat:  # the prompt is a user message; the sample is the reply, greedy
+                return "".join(generator.chat([{"role": "user", "content": t.sample_prompt}], t.sample_tokens))
+            done = generator.generate(t.sample_prompt, t.sample_tokens, SamplingParams(temperature=0.8, top_k=40),
+                                      seed=0)
         return done[0].text
 
     # ---- when: small policies --------------------------------------------------------------------------------
@@ -350,7 +365,7 @@ class Trainer:
             while self.step < t.max_steps and not self.time_up():
                 lr = self.lr()
                 self.engine.set_lr(lr)
-                result = self.engine.train_step([self.loader.next_batch() for _ in range(self.accum)])
+                result = self._train_step([self.loader.next_batch() for _ in range(self.accum)])
                 self.step += 1
                 self.tokens_seen += tokens_per_step
                 speed.add(tokens_per_step)
@@ -389,6 +404,18 @@ class Trainer:
             self.close()
         final = self.last_val_loss[1] if self.last_val_loss and self.last_val_loss[0] == self.step else None
         return TrainResult(self.step, self.tokens_seen, final, last_ckpt, self.stop_signal)
+
+    def _train_step(self, micro_batches: list) -> StepResult:
+        """One optimizer step. Pretraining: the mean loss of equal micro batches. Fine-tuning: the mean over every
+        target token of the global batch (micro batches and ranks hold different numbers of assistant tokens):
+        each micro batch's summed loss weighted by world_size / global target count (train/engine.py)."""
+        if not self.chat:
+            return self.engine.train_step(micro_batches)
+        count = torch.tensor(float(sum(count_targets(b) for b in micro_batches)), device=self.plan.device)
+        if self.world.distributed:
+            dist.all_reduce(count)
+        weight = self.world.world_size / count.item() if count.item() else 0.0  # no targets: a zero update
+        return self.engine.train_step(micro_batches, summed_next_token_loss, [weight] * len(micro_batches))
 
     def _skipped(self, result: StepResult) -> None:
         """Count a skipped (non-finite) step; after train.max_bad_steps in a row, save and stop."""
@@ -431,13 +458,13 @@ class Trainer:
             self.best_val_loss = record["val_loss"]
         self.metrics.log(record)
         text = self.sample() if self.cfg.train.sample_tokens > 0 else ""
-        self._info(
-            f"step {self.step}: val_loss {record['val_loss']:.4f}  ppl {record['val_ppl']:.2f}  "
-            f"bpb {record['val_bpb']:.4f}"
-        )
+        bpb = f"  bpb {record['val_bpb']:.4f}" if "val_bpb" in record else ""
+        self._info(f"step {self.step}: val_loss {record['val_loss']:.4f}  ppl {record['val_ppl']:.2f}{bpb}")
         if text:
-            self._info(f"sample: {json.dumps(self.cfg.train.sample_prompt + text)}")
-            self.metrics.log_text("sample", self.cfg.train.sample_prompt + text, self.step)
+            prompt = self.cfg.train.sample_prompt
+            shown = f"{prompt}\n-> {text}" if self.chat else prompt + text
+            self._info(f"sample: {json.dumps(shown)}")
+            self.metrics.log_text("sample", shown, self.step)
 
 
 def _json_num(x: float) -> float | str:

@@ -161,9 +161,9 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, tiny_data, monkeypatch
     calls = {"n": 0}
     real = engine_mod.next_token_loss
 
-    def flaky(model, batch):  # NaN on step 3, then on every step from 6 on
+    def flaky(model, batch, **kwargs):  # NaN on step 3, then on every step from 6 on
         calls["n"] += 1
-        loss = real(model, batch)
+        loss = real(model, batch, **kwargs)
         return loss * float("nan") if calls["n"] == 3 or calls["n"] >= 6 else loss
 
     monkeypatch.setattr(engine_mod, "next_token_loss", flaky)

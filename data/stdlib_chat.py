@@ -1,0 +1,135 @@
+"""A built-in conversation corpus made from what every Python installation has: questions about standard-library
+modules and functions, answered from their real signatures and docstrings.
+
+Each module is one topic, so the validation split holds out whole modules (data/chat_dataset.py): a model that
+answers a held-out question has learned the answer format from other modules and the facts from pretraining on
+the standard library's source (builtin:python-stdlib), where `def name(params):` and the docstring sit side by
+side. Kinds of conversation, for every public function with a docstring and a readable signature:
+
+    signature   "What is the signature of textwrap.dedent?"  -> "textwrap.dedent(text)"
+    purpose     "What does textwrap.dedent do?"              -> the docstring's first sentence
+    two turns   purpose, then "What parameters does it take?" -> the signature
+and per module a question about what it is for (its docstring's first sentence) and which functions it has.
+Wording varies by a hash of the function's name, so the corpus is the same on every run of one Python version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import re
+import warnings
+from collections.abc import Iterator
+
+# Pure-Python modules whose import has no side effects (no browser, no printing, no threads started).
+MODULES = (
+    "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "code", "codecs", "colorsys", "configparser",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis", "email.utils", "enum",
+    "filecmp", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip",
+    "hashlib", "heapq", "hmac", "html", "http.cookies", "imaplib", "inspect", "ipaddress", "json", "keyword",
+    "linecache", "locale", "logging", "lzma", "mailbox", "mimetypes", "netrc", "ntpath", "numbers", "operator",
+    "optparse", "os", "os.path", "pathlib", "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib",
+    "posixpath", "pprint", "pstats", "py_compile", "queue", "quopri", "random", "re", "reprlib", "rlcompleter",
+    "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "ssl",
+    "stat", "statistics", "string", "struct", "subprocess", "symtable", "sysconfig", "tabnanny", "tarfile",
+    "tempfile", "textwrap", "threading", "timeit", "token", "tokenize", "trace", "traceback", "tracemalloc",
+    "types", "typing", "urllib.parse", "urllib.request", "uu", "uuid", "warnings", "wave", "weakref", "webbrowser",
+    "xml.dom.minidom", "zipapp", "zipfile", "zipimport",
+)
+SYSTEM = "You answer questions about the Python standard library briefly and exactly."
+MAX_SIGNATURE = 160  # characters: longer signatures are rare and would dominate a tiny model's context
+MAX_ANSWER = 300  # characters of docstring used in an answer
+
+SIGNATURE_QUESTIONS = (
+    "What is the signature of {name}?",
+    "What parameters does {name} take?",
+    "How do I call {name}?",
+    "Show the signature of {name}.",
+)
+PURPOSE_QUESTIONS = ("What does {name} do?", "What is {name} for?", "Explain {name} briefly.")
+FOLLOW_UPS = ("What parameters does it take?", "And its signature?", "How do I call it?")
+
+
+def _pick(options: tuple[str, ...], key: str, salt: str = "") -> str:
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return options[digest[0] % len(options)]
+
+
+def first_sentence(doc: str) -> str:
+    """The docstring's first paragraph, joined into one line, cut after its first sentence (or MAX_ANSWER)."""
+    paragraph = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
+    match = re.match(r"(.+?[.!?])(\s|$)", paragraph)
+    text = match.group(1) if match else paragraph
+    return text if len(text) <= MAX_ANSWER else text[: MAX_ANSWER - 3].rstrip() + "..."
+
+
+def public_functions(module_name: str) -> list[tuple[str, str, str]]:
+    """(qualified name, signature text, first docstring sentence) of the module's own public functions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated modules (uu) warn on import
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # removed in this Python version, or not built on this platform
+            return []
+    found = []
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+            continue
+        doc = inspect.getdoc(obj)
+        try:
+            signature = f"{module_name}.{name}{inspect.signature(obj)}"
+        except (TypeError, ValueError):
+            continue
+        if doc and len(signature) <= MAX_SIGNATURE and " at 0x" not in signature:  # no object reprs in defaults
+            found.append((f"{module_name}.{name}", signature, first_sentence(doc)))
+    return found
+
+
+def _module_purpose(module_name: str) -> str | None:
+    module = importlib.import_module(module_name)
+    doc = inspect.getdoc(module)
+    return first_sentence(doc) if doc else None
+
+
+def signature_question(name: str) -> str:
+    """The question about a function's signature as the corpus asks it (also used to measure answers)."""
+    return _pick(SIGNATURE_QUESTIONS, name).format(name=name)
+
+
+def stdlib_conversations() -> Iterator[dict]:
+    """Rows {"messages": [...], "topic": module name, "kind": ...} in a fixed order."""
+    for module_name in MODULES:
+        functions = public_functions(module_name)
+        if not functions:
+            continue
+        for name, signature, purpose in functions:
+            system = [{"role": "system", "content": SYSTEM}] if _pick(("", "s"), name, "system") else []
+            yield {"topic": module_name, "kind": "signature", "messages": [
+                *system,
+                {"role": "user", "content": signature_question(name)},
+                {"role": "assistant", "content": signature},
+            ]}
+            yield {"topic": module_name, "kind": "purpose", "messages": [
+                {"role": "user", "content": _pick(PURPOSE_QUESTIONS, name).format(name=name)},
+                {"role": "assistant", "content": purpose},
+            ]}
+            if _pick(("", "", "t"), name, "two-turn"):
+                yield {"topic": module_name, "kind": "two-turn", "messages": [
+                    *system,
+                    {"role": "user", "content": _pick(PURPOSE_QUESTIONS, name, "again").format(name=name)},
+                    {"role": "assistant", "content": purpose},
+                    {"role": "user", "content": _pick(FOLLOW_UPS, name)},
+                    {"role": "assistant", "content": signature},
+                ]}
+        purpose = _module_purpose(module_name)
+        if purpose:
+            yield {"topic": module_name, "kind": "module", "messages": [
+                {"role": "user", "content": f"What is the {module_name} module for?"},
+                {"role": "assistant", "content": purpose},
+            ]}
+        names = ", ".join(name.rsplit(".", 1)[1] for name, _, _ in functions[:8])
+        yield {"topic": module_name, "kind": "listing", "messages": [
+            {"role": "user", "content": f"Name some functions of {module_name}."},
+            {"role": "assistant", "content": f"{module_name} has {names}."},
+        ]}
