@@ -50,7 +50,8 @@ def chat_inputs(sources: list[str], tokenizer: TextTokenizer, val_fraction: floa
     """Everything the dataset depends on; its hash is the fingerprint a training run checks."""
     resolved = resolve_chat_sources(sources)
     return {"kind": KIND, "version": VERSION, "sources": describe_sources(resolved),
-            "tokenizer": tokenizer.content_hash, "vocab_size": tokenizer.vocab_size, "val_fraction": float(val_fraction), "split_rule": SPLIT_RULE}
+            "tokenizer": tokenizer.content_hash, "vocab_size": tokenizer.vocab_size,
+            "val_fraction": float(val_fraction), "split_rule": SPLIT_RULE}
 
 
 def _fingerprint(inputs: dict) -> str:
