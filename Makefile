@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint format demo clean
+.PHONY: setup test test-fast lint format demo chat-demo clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ test: lint
 demo: $(STAMP)
 	$(PY) run_train.py --config configs/tiny.yaml
 	$(PY) run_inference.py --checkpoint out/tiny --prompt "def fibonacci(n):" --max-new-tokens 120 --temperature 0.7 --top-k 40 --seed 0
+
+# Pretrain tiny (or reuse out/tiny), give its tokenizer chat markers, fine-tune it on the built-in conversations
+# about the standard library (configs/chat-tiny.yaml), measure held-out answers before and after, ask one.
+chat-demo: demo
+	$(PY) scripts/add_chat_tokens.py --checkpoint out/tiny --out out/tiny-chat-base --overwrite
+	$(PY) run_train.py --config configs/chat-tiny.yaml
+	$(PY) scripts/chat_accuracy.py --checkpoint out/tiny-chat-base --show 0
+	$(PY) scripts/chat_accuracy.py --checkpoint out/chat-tiny --show 3
+	$(PY) run_inference.py --checkpoint out/chat-tiny --chat --prompt "What is the signature of shutil.copyfile?" --max-new-tokens 48
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not distributed"

@@ -22,6 +22,8 @@ import re
 import warnings
 from collections.abc import Iterator
 
+from data.chat_dataset import held_out
+
 # Pure-Python modules whose import has no side effects (no browser, no printing, no threads started).
 MODULES = (
     "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "code", "codecs", "colorsys", "configparser",
@@ -133,3 +135,62 @@ def stdlib_conversations() -> Iterator[dict]:
             {"role": "user", "content": f"Name some functions of {module_name}."},
             {"role": "assistant", "content": f"{module_name} has {names}."},
         ]}
+
+
+# ---- measuring answers ------------------------------------------------------------------------------------------
+
+
+def parameter_names(text: str, name: str) -> list[str] | None:
+    """The parameter names of the first call signature `name(...)` in `text`, in order (the `/` and `*` markers
+    left out, `*args` and `**kwargs` kept as args and kwargs); None when `text` holds no complete `name(...)`.
+
+    Splitting respects brackets and quotes, so defaults like `separators=(',', ':')` stay one parameter."""
+    start = text.find(name + "(")
+    if start < 0:
+        return None
+    i, depth, quote, current, params = start + len(name) + 1, 0, None, [], []
+    while i < len(text):
+        c = text[i]
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                params.append("".join(current))
+                break
+            depth -= 1
+        elif c == "," and depth == 0:
+            params.append("".join(current))
+            current = []
+            i += 1
+            continue
+        current.append(c)
+        i += 1
+    else:
+        return None  # the signature never closes
+    names = []
+    for param in params:
+        head = re.split(r"[=:]", param, maxsplit=1)[0].strip().lstrip("*").strip()
+        if head and head not in ("/",):
+            names.append(head)
+    return names
+
+
+def answer_is_right(reply: str, name: str, signature: str) -> bool:
+    """The rule for a held-out "signature of NAME?" question: the reply states `NAME(...)` with exactly the real
+    parameter names, in order. Names are the checkable core of a signature (defaults may be written many ways),
+    and they are facts the model can only have from pretraining on the module's source: the fine-tuning data
+    never mentions a held-out module."""
+    expected = parameter_names(signature, name)
+    return expected is not None and parameter_names(reply, name) == expected
+
+
+def held_out_signature_questions(val_fraction: float) -> list[tuple[str, str, str]]:
+    """(question, qualified name, real signature) for every function of the modules the chat dataset holds out
+    with this val_fraction (data/chat_dataset.py's rule)."""
+    return [(signature_question(name), name, signature)
+            for module in MODULES if held_out(module, val_fraction)
+            for name, signature, _ in public_functions(module)]

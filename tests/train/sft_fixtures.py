@@ -45,6 +45,14 @@ class ChatSetup:
     root: Path
 
 
+def make_chat_setup(root: Path, data: TinyData) -> ChatSetup:
+    """Pretrain a tiny base for 4 steps in root/base and write the conversations beside it."""
+    from train.trainer import train
+
+    train(tiny_config(root / "base", data, "train.max_steps=4", "train.sample_tokens=0"))
+    return ChatSetup(data, make_conversations(root / "chats.jsonl"), root / "base", root)
+
+
 def chat_config(setup: ChatSetup, out_dir: Path, *overrides: str) -> Config:
     """Fine-tune setup.base on setup.conversations: 8 rows of 64 tokens per step, 4 of them per micro batch."""
     return tiny_config(

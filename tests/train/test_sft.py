@@ -14,8 +14,7 @@ from core.errors import DataError, SourceError
 from data.chat_dataset import ChatDataset, held_out, prepare_chat_dataset
 from model.checkpoint import load_model
 from model.loss import IGNORE_INDEX
-from tests.train.conftest import tiny_config
-from tests.train.sft_fixtures import TOPICS, ChatSetup, chat_config, make_conversations
+from tests.train.sft_fixtures import TOPICS, ChatSetup, chat_config, make_chat_setup
 from Tokenizer import load_tokenizer
 from Tokenizer.chat import encode_chat_for_training
 from train.sft import ChatLoader, pack_rows
@@ -24,9 +23,7 @@ from train.trainer import train
 
 @pytest.fixture(scope="module")
 def chat_setup(tmp_path_factory, tiny_data) -> ChatSetup:
-    root = tmp_path_factory.mktemp("sft")
-    train(tiny_config(root / "base", tiny_data, "train.max_steps=4", "train.sample_tokens=0"))
-    return ChatSetup(tiny_data, make_conversations(root / "chats.jsonl"), root / "base", root)
+    return make_chat_setup(tmp_path_factory.mktemp("sft"), tiny_data)
 
 
 @pytest.fixture(scope="module")

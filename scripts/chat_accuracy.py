@@ -1,0 +1,76 @@
+"""How often a chat model answers held-out questions of the built-in corpus right (data/stdlib_chat.py).
+
+    python scripts/chat_accuracy.py --checkpoint out/chat-tiny [--val-fraction 0.1] [--json FILE] [--show 5]
+
+Asks, greedily and one at a time, "What is the signature of NAME?" (in the corpus's wording) for every function of
+the modules that the conversation dataset holds out at this val_fraction (configs/chat-tiny.yaml uses 0.1), and
+counts a reply right when it states NAME(...) with exactly the real parameter names in order
+(data.stdlib_chat.answer_is_right). Also counted: replies that have the answer's shape (a complete NAME(...)).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+if __name__ == "__main__":
+    from core.cli import quiet_interrupts
+
+    quiet_interrupts()
+
+from core import cli  # noqa: E402
+from core.errors import UserError  # noqa: E402
+
+
+def measure(checkpoint: str, val_fraction: float, max_new_tokens: int = 64, device: str = "auto") -> dict:
+    """{"questions", "right", "shaped", "accuracy", "replies": [{question, name, expected, reply, right}]}."""
+    from data.stdlib_chat import answer_is_right, held_out_signature_questions, parameter_names
+    from inference import Generator
+    from inference.errors import HistoryTruncatedWarning
+
+    generator = Generator.from_checkpoint(checkpoint, device=device)
+    questions = held_out_signature_questions(val_fraction)
+    if not questions:
+        raise UserError(f"--val-fraction {val_fraction} holds out no module: nothing to ask")
+    replies = []
+    for question, name, signature in questions:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", HistoryTruncatedWarning)
+            reply = "".join(generator.chat([{"role": "user", "content": question}], max_new_tokens))
+        replies.append({"question": question, "name": name, "expected": signature, "reply": reply,
+                        "right": answer_is_right(reply, name, signature),
+                        "shaped": parameter_names(reply, name) is not None})
+    right = sum(r["right"] for r in replies)
+    shaped = sum(r["shaped"] for r in replies)
+    return {"checkpoint": str(checkpoint), "val_fraction": val_fraction, "questions": len(replies), "right": right,
+            "shaped": shaped, "accuracy": right / len(replies), "replies": replies}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.ArgumentParser(prog="chat_accuracy.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run's out_dir (latest)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="data.val_fraction of the fine-tuning run")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="write the result, every reply included, to this file")
+    p.add_argument("--show", type=int, default=3, help="print this many replies")
+    args = p.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    result = measure(args.checkpoint, args.val_fraction, args.max_new_tokens, args.device)
+    for r in result["replies"][: args.show]:
+        print(f"Q: {r['question']}\nA: {r['reply']!r}\n   expected {r['expected']}  ->  {'right' if r['right'] else 'wrong'}")
+    print(f"{args.checkpoint}: {result['right']}/{result['questions']} held-out signature questions right "
+          f"({100 * result['accuracy']:.1f}%), {result['shaped']} replies shaped like an answer")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
