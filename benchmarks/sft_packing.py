@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import common
 import torch
-
 from common import environment, print_table, write_result
+
 from data.chat_dataset import ChatDataset, prepare_chat_dataset
 from model.checkpoint import TOKENIZER, find_checkpoint
 from Tokenizer import load_tokenizer

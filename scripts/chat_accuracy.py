@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     result = measure(args.checkpoint, args.val_fraction, args.max_new_tokens, args.device)
     for r in result["replies"][: args.show]:
-        print(f"Q: {r['question']}\nA: {r['reply']!r}\n   expected {r['expected']}  ->  {'right' if r['right'] else 'wrong'}")
+        verdict = "right" if r["right"] else "wrong"
+        print(f"Q: {r['question']}\nA: {r['reply']!r}\n   expected {r['expected']}  ->  {verdict}")
     print(f"{args.checkpoint}: {result['right']}/{result['questions']} held-out signature questions right "
           f"({100 * result['accuracy']:.1f}%), {result['shaped']} replies shaped like an answer")
     if args.json:
