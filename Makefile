@@ -30,12 +30,12 @@ demo: $(STAMP)
 	$(PY) run_train.py --config configs/tiny.yaml
 	$(PY) run_inference.py --checkpoint out/tiny --prompt "def fibonacci(n):" --max-new-tokens 120 --temperature 0.7 --top-k 40 --seed 0
 
-# Pretrain tiny (or reuse out/tiny), give its tokenizer chat markers, fine-tune it on the built-in conversations
-# about the standard library (configs/chat-tiny.yaml), measure held-out answers before and after, ask one.
-chat-demo: demo
-	$(PY) scripts/add_chat_tokens.py --checkpoint out/tiny --out out/tiny-chat-base --overwrite
+# Pretrain tiny (or reuse out/tiny), fine-tune it on the built-in conversations about the standard library
+# (configs/chat-tiny.yaml), measure answers to held-out questions before and after, and ask one.
+chat-demo: $(STAMP)
+	$(PY) run_train.py --config configs/tiny.yaml
 	$(PY) run_train.py --config configs/chat-tiny.yaml
-	$(PY) scripts/chat_accuracy.py --checkpoint out/tiny-chat-base --show 0
+	$(PY) scripts/chat_accuracy.py --checkpoint out/tiny --show 0
 	$(PY) scripts/chat_accuracy.py --checkpoint out/chat-tiny --show 3
 	$(PY) run_inference.py --checkpoint out/chat-tiny --chat --prompt "What is the signature of shutil.copyfile?" --max-new-tokens 48
 

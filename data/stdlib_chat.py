@@ -15,23 +15,24 @@ Wording varies by a hash of the function's name, so the corpus is the same on ev
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
-import importlib
-import inspect
 import re
-import warnings
+import sysconfig
 from collections.abc import Iterator
+from pathlib import Path
 
 from data.chat_dataset import held_out
 
-# Pure-Python modules whose import has no side effects (no browser, no printing, no threads started).
+# Pure-Python standard-library modules (read as source, never imported).
 MODULES = (
     "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "code", "codecs", "colorsys", "configparser",
     "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis", "email.utils", "enum",
     "filecmp", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip",
     "hashlib", "heapq", "hmac", "html", "http.cookies", "imaplib", "inspect", "ipaddress", "json", "keyword",
     "linecache", "locale", "logging", "lzma", "mailbox", "mimetypes", "netrc", "ntpath", "numbers", "operator",
-    "optparse", "os", "os.path", "pathlib", "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib",
+    "optparse", "os", "pathlib", "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib",
     "posixpath", "pprint", "pstats", "py_compile", "queue", "quopri", "random", "re", "reprlib", "rlcompleter",
     "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "ssl",
     "stat", "statistics", "string", "struct", "subprocess", "symtable", "sysconfig", "tabnanny", "tarfile",
@@ -66,31 +67,44 @@ def first_sentence(doc: str) -> str:
     return text if len(text) <= MAX_ANSWER else text[: MAX_ANSWER - 3].rstrip() + "..."
 
 
+def module_source(module_name: str) -> Path | None:
+    """The .py file of a standard-library module (a package's __init__.py); None if this Python has none."""
+    root = Path(sysconfig.get_paths()["stdlib"]) / module_name.replace(".", "/")
+    for path in (root.with_suffix(".py"), root / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(module_name: str) -> ast.Module | None:
+    path = module_source(module_name)
+    return None if path is None else ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def public_functions(module_name: str) -> list[tuple[str, str, str]]:
-    """(qualified name, signature text, first docstring sentence) of the module's own public functions."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecated modules (uu) warn on import
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # removed in this Python version, or not built on this platform
-            return []
+    """(qualified name, signature text, first docstring sentence) of the public functions defined at the top of
+    the module's source, read with `ast` rather than imported: the same on every run of one Python version,
+    whatever else the process imported or patched, and exactly the `def` lines that pretraining saw."""
+    tree = _parse(module_name)
+    if tree is None:
+        return []
+    defs = {}  # a name defined twice at the top level is the later definition, as at run time
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            defs[node.name] = node
     found = []
-    for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
-            continue
-        doc = inspect.getdoc(obj)
-        try:
-            signature = f"{module_name}.{name}{inspect.signature(obj)}"
-        except (TypeError, ValueError):
-            continue
-        if doc and len(signature) <= MAX_SIGNATURE and " at 0x" not in signature:  # no object reprs in defaults
+    for name, node in sorted(defs.items()):
+        doc = ast.get_docstring(node)
+        signature = f"{module_name}.{name}({ast.unparse(node.args)})"
+        if doc and len(signature) <= MAX_SIGNATURE:
             found.append((f"{module_name}.{name}", signature, first_sentence(doc)))
     return found
 
 
 def _module_purpose(module_name: str) -> str | None:
-    module = importlib.import_module(module_name)
-    doc = inspect.getdoc(module)
+    tree = _parse(module_name)
+    doc = None if tree is None else ast.get_docstring(tree)
     return first_sentence(doc) if doc else None
 
 

@@ -32,12 +32,20 @@ def test_corpus_is_valid_deterministic_and_covers_every_kind(rows):
     assert [m["role"] for m in two_turn["messages"] if m["role"] != "system"] == ["user", "assistant"] * 2
 
 
-def test_signature_answers_are_the_real_signatures():
-    import textwrap
+@pytest.mark.parametrize("module_name", ["textwrap", "json", "shutil", "heapq"])
+def test_signatures_read_from_source_have_the_real_parameters(module_name):
+    import importlib
 
-    found = {name: signature for name, signature, _ in public_functions("textwrap")}
-    assert found["textwrap.dedent"] == f"textwrap.dedent{inspect.signature(textwrap.dedent)}"
-    assert found["textwrap.dedent"] == "textwrap.dedent(text)"
+    module = importlib.import_module(module_name)
+    found = public_functions(module_name)
+    assert found
+    for name, signature, purpose in found:
+        obj = getattr(module, name.rsplit(".", 1)[1])
+        if not inspect.isfunction(obj):  # replaced at import by a C accelerator (heapq's _heapq): the source wins
+            continue
+        assert parameter_names(signature, name) == list(inspect.signature(obj).parameters), name
+        assert purpose and inspect.getdoc(obj).startswith(purpose.rstrip(".")[:20]), name
+    assert ("textwrap.dedent", "textwrap.dedent(text)") in [(n, s) for n, s, _ in public_functions("textwrap")]
 
 
 def test_held_out_questions_come_from_held_out_modules_only(rows):
