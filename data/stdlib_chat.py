@@ -76,7 +76,7 @@ def module_source(module_name: str) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(module_name: str) -> ast.Module | None:
     path = module_source(module_name)
     return None if path is None else ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
