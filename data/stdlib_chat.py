@@ -202,9 +202,9 @@ def answer_is_right(reply: str, name: str, signature: str) -> bool:
     return expected is not None and parameter_names(reply, name) == expected
 
 
-def held_out_signature_questions(val_fraction: float) -> list[tuple[str, str, str]]:
+def held_out_signature_questions(val_fraction: float, split: str = "val") -> list[tuple[str, str, str]]:
     """(question, qualified name, real signature) for every function of the modules the chat dataset holds out
-    with this val_fraction (data/chat_dataset.py's rule)."""
+    with this val_fraction (data/chat_dataset.py's rule); split "train": of the modules it fine-tunes on."""
     return [(signature_question(name), name, signature)
-            for module in MODULES if held_out(module, val_fraction)
+            for module in MODULES if held_out(module, val_fraction) == (split == "val")
             for name, signature, _ in public_functions(module)]

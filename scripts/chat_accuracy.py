@@ -27,14 +27,18 @@ from core import cli  # noqa: E402
 from core.errors import UserError  # noqa: E402
 
 
-def measure(checkpoint: str, val_fraction: float, max_new_tokens: int = 64, device: str = "auto") -> dict:
-    """{"questions", "right", "shaped", "accuracy", "replies": [{question, name, expected, reply, right}]}."""
+def measure(checkpoint: str, val_fraction: float, max_new_tokens: int = 64, device: str = "auto",
+            split: str = "val", limit: int | None = None) -> dict:
+    """{"questions", "right", "first_right", "shaped", "accuracy", "replies": [{question, name, expected, reply,
+    right, ...}]}; split "train" asks about the fine-tuned modules instead (every k-th function, up to `limit`)."""
     from data.stdlib_chat import answer_is_right, held_out_signature_questions, parameter_names
     from inference import Generator
     from inference.errors import HistoryTruncatedWarning
 
     generator = Generator.from_checkpoint(checkpoint, device=device)
-    questions = held_out_signature_questions(val_fraction)
+    questions = held_out_signature_questions(val_fraction, split)
+    if limit is not None and len(questions) > limit:
+        questions = questions[:: -(-len(questions) // limit)]  # spread over the modules, deterministic
     if not questions:
         raise UserError(f"--val-fraction {val_fraction} holds out no module: nothing to ask")
     replies = []
@@ -42,19 +46,22 @@ def measure(checkpoint: str, val_fraction: float, max_new_tokens: int = 64, devi
         with warnings.catch_warnings():
             warnings.simplefilter("error", HistoryTruncatedWarning)
             reply = "".join(generator.chat([{"role": "user", "content": question}], max_new_tokens))
+        got, expected = parameter_names(reply, name), parameter_names(signature, name)
         replies.append({"question": question, "name": name, "expected": signature, "reply": reply,
-                        "right": answer_is_right(reply, name, signature),
-                        "shaped": parameter_names(reply, name) is not None})
-    right = sum(r["right"] for r in replies)
-    shaped = sum(r["shaped"] for r in replies)
-    return {"checkpoint": str(checkpoint), "val_fraction": val_fraction, "questions": len(replies), "right": right,
-            "shaped": shaped, "accuracy": right / len(replies), "replies": replies}
+                        "right": answer_is_right(reply, name, signature), "shaped": got is not None,
+                        "first_right": bool(got and expected and got[0] == expected[0]) or got == expected == []})
+    counts = {k: sum(r[k] for r in replies) for k in ("right", "first_right", "shaped")}
+    return {"checkpoint": str(checkpoint), "val_fraction": val_fraction, "split": split, "questions": len(replies),
+            **counts, "accuracy": counts["right"] / len(replies), "replies": replies}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.ArgumentParser(prog="chat_accuracy.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run's out_dir (latest)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="data.val_fraction of the fine-tuning run")
+    p.add_argument("--split", choices=["val", "train"], default="val",
+                   help="val: the held-out modules; train: the modules fine-tuned on (for comparison)")
+    p.add_argument("--limit", type=int, help="ask at most this many questions (spread over the modules)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="write the result, every reply included, to this file")
@@ -62,12 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    result = measure(args.checkpoint, args.val_fraction, args.max_new_tokens, args.device)
+    result = measure(args.checkpoint, args.val_fraction, args.max_new_tokens, args.device, args.split, args.limit)
     for r in result["replies"][: args.show]:
         verdict = "right" if r["right"] else "wrong"
         print(f"Q: {r['question']}\nA: {r['reply']!r}\n   expected {r['expected']}  ->  {verdict}")
-    print(f"{args.checkpoint}: {result['right']}/{result['questions']} held-out signature questions right "
-          f"({100 * result['accuracy']:.1f}%), {result['shaped']} replies shaped like an answer")
+    which = "held-out" if args.split == "val" else "fine-tuned-on"
+    print(f"{args.checkpoint}: {result['right']}/{result['questions']} signature questions about {which} modules "
+          f"right ({100 * result['accuracy']:.1f}%); first parameter right {result['first_right']}; "
+          f"{result['shaped']} replies shaped like an answer (NAME(...))")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -4,6 +4,7 @@ batch's assistant tokens, and fine-tuning a pretrained checkpoint through the tr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,21 @@ def test_chat_needs_a_tokenizer_with_markers(chat_setup, tmp_path):
 
     with pytest.raises(ConfigError, match=r"data\.format=chat needs a tokenizer"):
         chat_config(chat_setup, tmp_path / "x", "train.init_from=null")
+
+
+def test_chat_accuracy_asks_held_out_questions_and_applies_the_rule(chat_setup, tmp_path):
+    import subprocess
+    import sys
+
+    from data.stdlib_chat import answer_is_right
+
+    out = tmp_path / "acc.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "chat_accuracy.py"), "--checkpoint",
+                           str(chat_setup.base), "--limit", "3", "--max-new-tokens", "8", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["questions"] == len(result["replies"]) == 3 and result["split"] == "val"
+    for r in result["replies"]:
+        assert r["right"] == answer_is_right(r["reply"], r["name"], r["expected"])
+    assert f"{result['right']}/3 signature questions about held-out modules" in proc.stdout
