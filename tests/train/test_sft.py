@@ -235,8 +235,8 @@ def test_chat_accuracy_asks_held_out_questions_and_applies_the_rule(chat_setup, 
     from data.stdlib_chat import answer_is_right
 
     out = tmp_path / "acc.json"
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "scripts" / "chat_accuracy.py"), "--checkpoint",
-                           str(chat_setup.base), "--limit", "3", "--max-new-tokens", "8", "--json", str(out)],
+    script = Path(__file__).resolve().parents[2] / "scripts" / "chat_accuracy.py"
+    proc = subprocess.run([sys.executable, str(script), "--checkpoint", str(chat_setup.base), "--limit", "3", "--max-new-tokens", "8", "--json", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
