@@ -236,8 +236,8 @@ def test_chat_accuracy_asks_held_out_questions_and_applies_the_rule(chat_setup, 
 
     out = tmp_path / "acc.json"
     script = Path(__file__).resolve().parents[2] / "scripts" / "chat_accuracy.py"
-    proc = subprocess.run([sys.executable, str(script), "--checkpoint", str(chat_setup.base), "--limit", "3", "--max-new-tokens", "8", "--json", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    args = ["--checkpoint", str(chat_setup.base), "--limit", "3", "--max-new-tokens", "8", "--json", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["questions"] == len(result["replies"]) == 3 and result["split"] == "val"
