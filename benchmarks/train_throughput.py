@@ -2,11 +2,13 @@
 
 Builds the model exactly as training does (train.engine.build_engine: meta device, init, compile, parallelism,
 optimizer) and times the real optimizer step (Engine.train_step: forward, backward, clipping, AdamW) on random
-tokens after a warmup. Beside it, the same weights as transformers' LlamaForCausalLM (exported with
-scripts/convert_hf.py) take the same step (forward with labels, backward, clipping, torch AdamW with the same
-settings), under the same precision. The two take turns, run by run, so load from elsewhere falls on both alike;
-the table shows the median step of each, their ratio, the achieved FLOP/s and its share of a matmul peak measured
-on the spot (a large fp32 or bf16 GEMM), and peak memory. JSON goes under benchmarks/results/.
+tokens after a warmup, at the config's own settings (precision, compile). Beside it, the same weights as
+transformers' LlamaForCausalLM (exported with scripts/convert_hf.py) take the same step (forward with labels,
+backward, clipping, torch AdamW with the same settings), once in fp32 and once under bf16 autocast
+(--peer-precisions). All take turns, run by run, so load from elsewhere falls on each alike. The table shows the
+median step of each, how many times faster ours is than each peer row (ours_speedup), the achieved FLOP/s and its
+share of a matmul peak measured on the spot (a large fp32 or bf16 GEMM), and peak memory. JSON goes under
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -54,16 +56,16 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, repeats: in
     return 2 * n**3 / best
 
 
-def hf_peer(cfg: Config, engine, tmp: Path):
+def hf_peer(cfg: Config, engine, tmp: Path, precision: str):
     """The engine's initial weights as a transformers LlamaForCausalLM, with an AdamW of the same settings, and a
-    step function doing what Engine.train_step does."""
+    step function doing what Engine.train_step does, under `precision` autocast (fp32 weights either way)."""
     from transformers import AutoModelForCausalLM
 
     from scripts.convert_hf import export_checkpoint
 
     ckpt = save_model_checkpoint(tmp / "ckpt", engine.raw_model)
     hf_dir = export_checkpoint(ckpt, tmp / "hf")
-    device, plan = engine.device, engine.plan
+    device = engine.device
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device).train()
     o = cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed_tokens" not in n]
@@ -76,7 +78,7 @@ def hf_peer(cfg: Config, engine, tmp: Path):
         n = len(micro_batches)
         for x, y in micro_batches:
             x, y = x.to(device), y.to(device)
-            with autocast(device, plan.autocast_precision):
+            with autocast(device, precision):
                 logits = model(input_ids=x).logits
             loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / n
             loss.backward()
@@ -88,7 +90,7 @@ def hf_peer(cfg: Config, engine, tmp: Path):
     return step
 
 
-def measure(cfg: Config, steps: int, warmup: int, peer: bool) -> dict:
+def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) -> dict:
     plan = resolve_plan(cfg.train, World())
     device, precision = plan.device, plan.precision
     if device.type == "cuda":
@@ -105,10 +107,11 @@ def measure(cfg: Config, steps: int, warmup: int, peer: bool) -> dict:
             out.append((x[:, :-1], x[:, 1:]))  # as the real loader gives them (unpinned)
         return out
 
+    peer = bool(peer_precisions)
     with tempfile.TemporaryDirectory(prefix="train-bench-") if peer else contextlib.nullcontext() as tmp:
         runners = {"ours": engine.train_step}
-        if peer:
-            runners["transformers"] = hf_peer(cfg, engine, Path(tmp))
+        for p in peer_precisions:
+            runners[f"transformers {p}"] = hf_peer(cfg, engine, Path(tmp) / p, p)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for i in range(warmup + steps):
             for name, run in runners.items():  # turns, so outside load falls on both alike
@@ -134,7 +137,7 @@ def measure(cfg: Config, steps: int, warmup: int, peer: bool) -> dict:
         rows.append({
             "impl": name,
             "device": str(device),
-            "precision": precision,
+            "precision": precision if name == "ours" else name.split()[1],
             "compile": t.compile if name == "ours" else False,
             "params_M": raw.num_params() / 1e6,
             "batch_tokens": tokens,
@@ -145,8 +148,8 @@ def measure(cfg: Config, steps: int, warmup: int, peer: bool) -> dict:
             "of_matmul_peak": tps * flops_per_token / measured_peak,
             "mfu": tps * flops_per_token / table_peak if table_peak else None,
         })
-    if peer:
-        rows[0]["vs_transformers"] = rows[1]["step_time_s"] / rows[0]["step_time_s"]
+    for row in rows[1:]:  # ours is this many times faster than each peer row
+        row["ours_speedup"] = row["step_time_s"] / rows[0]["step_time_s"]
     return {"rows": rows, "matmul_peak_tflops": measured_peak / 1e12, "peak_mem_GiB": mem_gb,
             "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS (both)"}
 
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (per implementation)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
+    parser.add_argument("--peer-precisions", default="fp32,bf16",
+                        help="transformers peer rows: comma-separated autocast precisions (fp32, bf16, fp16)")
     parser.add_argument("--out", default=None, help="JSON path (default: under benchmarks/results/)")
     args = parser.parse_args(argv)
     return cli.run(lambda: report(args))
@@ -166,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace) -> None:
     """Measure, print the table, write JSON."""
     cfg = load_config(args.config, args.overrides)
-    result = measure(cfg, args.steps, args.warmup, peer=not args.no_hf)
+    peers = [] if args.no_hf else [p for p in args.peer_precisions.split(",") if p]
+    result = measure(cfg, args.steps, args.warmup, peers)
     env = environment(result["rows"][0]["device"])
     print(f"train step: {args.config} {' '.join(args.overrides)}; torch {env['torch']}, {env['torch_threads']} "
           f"threads, commit {env['commit']}; matmul peak measured here {result['matmul_peak_tflops']:.3f} TFLOP/s")
     print_table(result["rows"], ["impl", "device", "precision", "compile", "params_M", "batch_tokens",
-                                 "step_time_s", "tokens_per_sec", "tflops", "of_matmul_peak", "vs_transformers"])
+                                 "step_time_s", "tokens_per_sec", "tflops", "of_matmul_peak", "ours_speedup"])
     print(f"peak memory ({result['peak_mem_kind']}): {result['peak_mem_GiB']:.2f} GiB")
     device = result["rows"][0]["device"].replace(":", "")
     name = f"train_throughput-{Path(cfg.train.out_dir).name}-{device}"
