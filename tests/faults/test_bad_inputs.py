@@ -1,7 +1,7 @@
 """Every bad input to every command: exactly one `error:` line naming the bad key, flag, path or value, exit code
 2, no traceback, and nothing created or changed on disk.
 
-Rows: 156 bad inputs (run_train.py 45, run_inference.py 31, convert_hf.py 31, prepare_data.py 28,
+Rows: 160 bad inputs (run_train.py 49, run_inference.py 31, convert_hf.py 31, prepare_data.py 28,
 train_tokenizer.py 13, plot_logs.py 8).
 
 Each row runs the real command in a subprocess from the repo root, against the shared read-only `world`
@@ -164,6 +164,17 @@ CASES: list[Case] = [
     train(files={"run/.lock": '{"pid": 4242, "host": "gpu-node-7", "started": 0}\n'},
           expect=["train.out_dir", "$tmp/run", "in use", "gpu-node-7"], id="train-out-dir-in-use-by-another-run"),
     train("train.init_from=$tmp/nowhere", expect=["$tmp/nowhere"], id="train-init-from-missing"),
+    train("data.format=chat", "data.sources=[$tmp/c.jsonl]", files={"c.jsonl": '{"prompt": "a", "completion": "b"}\n'},
+          expect=["data.format=chat needs a tokenizer", "train.init_from"], id="train-chat-without-tokenizer"),
+    train("data.format=chat", "train.init_from=$ckpt", "data.dataset_dir=$tmp/ds",
+          expect=["data.sources", "is a plain text file; conversations come as .jsonl"],
+          id="train-chat-with-pretraining-sources"),
+    train("data.format=chat", "train.init_from=$ckpt", "data.sources=[$tmp/notes.txt]", "data.dataset_dir=$tmp/ds",
+          files={"notes.txt": "hello\n"}, expect=["notes.txt is a plain text file"], id="train-chat-plain-text-file"),
+    train("data.format=chat", "train.init_from=$ckpt", "data.sources=[$tmp/c.jsonl]", "data.dataset_dir=$tmp/ds",
+          files={"c.jsonl": '{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "bot", "content": "x"}]}\n'},
+          expect=["c.jsonl:2", "messages[0].role must be one of system, user, assistant"],
+          id="train-chat-malformed-row"),
     train("train.init_from=$mismatched", expect=["tok_embeddings.weight"],
           id="train-init-from-config-disagrees-with-weights"),
     # ---- run_inference.py ---------------------------------------------------------------------------------
