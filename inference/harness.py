@@ -265,6 +265,21 @@ def flatten_results(results: dict) -> dict[str, float]:
     return flat
 
 
+def locate_tasks(tasks: Sequence[str], include_path: str | Path | None = None) -> tuple[bool, list[str]]:
+    """Where lm-eval finds `tasks` (names of tasks, groups or tags): (include_defaults, unknown names).
+
+    lm-eval's own tasks (an index of ~15k files, seconds to build) are indexed only when include_path does not
+    hold every name; include_defaults says whether evaluate_tasks needs them."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        local = set(TaskManager(include_path=str(include_path), include_defaults=False).all_tasks)
+        if all(name in local for name in tasks):
+            return False, []
+    known = set(TaskManager(include_path=None if include_path is None else str(include_path)).all_tasks)
+    return True, [name for name in tasks if name not in known]
+
+
 def evaluate_tasks(
     model: Transformer,
     tokenizer: TextTokenizer,
