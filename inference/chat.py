@@ -14,15 +14,16 @@ from collections.abc import Mapping, Sequence
 
 from inference.errors import GenerationError, HistoryTruncatedWarning
 from Tokenizer import Tokenizer
-from Tokenizer.chat import ChatFormatError, encode_chat, encode_chat_for_training, validate_messages
+from Tokenizer.chat import ChatFormatError, encode_chat, encode_chat_for_training, reply_stop_ids, validate_messages
 
 __all__ = ["ChatFormatError", "ChatTooLongError", "encode_chat", "encode_chat_for_training", "fit_chat",
            "reply_end_ids", "trim_chat"]
 
 
 def reply_end_ids(tokenizer: Tokenizer) -> frozenset[int]:
-    """Tokens that end a reply: <|end_of_turn|>, and EOS or a role marker, which cannot belong to a reply."""
-    return frozenset({tokenizer.eos_id, *tokenizer.chat_token_ids.values()})
+    """Tokens that end a reply: EOS and the chat format's own (ours: <|end_of_turn|> and the role markers, which
+    cannot belong to a reply; an imported model's: its special tokens, its end of turn among them)."""
+    return frozenset({tokenizer.eos_id, *reply_stop_ids(tokenizer)})
 
 
 def _history_starts(messages: list[Mapping]) -> list[int]:
