@@ -172,6 +172,11 @@ class HFTokenizer:
         """True when the model ships a chat template: conversations are rendered with it (Tokenizer/chat.py)."""
         return self._chat_template is not None
 
+    @property
+    def chat_token_ids(self) -> dict[str, int]:
+        """Id of every chat marker of the model's format (see chat_format); a DataError when it has no template."""
+        return dict(self.chat_format().markers)
+
     def chat_format(self) -> ChatFormat:
         """The model's own chat format: its template; as markers, the added tokens that transformers treats as
         control tokens (the special ones, and others the template writes, like Qwen's <think>); as reply ends,

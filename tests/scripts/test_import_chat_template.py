@@ -136,6 +136,9 @@ def test_a_tokenizer_without_a_template_cannot_chat(tmp_path, tok_dir):
     assert not ours.has_chat_tokens
     with pytest.raises(DataError, match="has no chat template"):
         encode_chat(ours, CONVERSATIONS["one_user"])
+    with pytest.raises(DataError, match="has no chat template"):  # what data preparation checks first
+        _ = ours.chat_token_ids
+    assert set(HFTokenizer.load(tok_dir).chat_token_ids) == set(SPECIALS)
     assert ours.content_hash != HFTokenizer.load(tok_dir).content_hash  # the template is part of the tokenizer
 
 
