@@ -300,6 +300,9 @@ def evaluate_tasks(
     (Python, NumPy, torch CPU and CUDA) are as before the call. include_defaults=False looks for tasks under
     include_path only (indexing lm-eval's own ~15k task files takes seconds). bootstrap_iters=0 skips the
     bootstrapped standard errors (perplexity metrics get "N/A", which is left out).
+
+    Under torchrun each process evaluates every document (the backend is one rank of one, so the forwards of all
+    ranks match, as FSDP needs), but lm-eval returns results only where LOCAL_RANK is 0: elsewhere this is {}.
     """
     from lm_eval import simple_evaluate  # the evaluator pulls in datasets and more; only import it when used
     from lm_eval.tasks import TaskManager
@@ -319,4 +322,4 @@ def evaluate_tasks(
         np.random.set_state(np_state)
         model.clear_cache()
         model.train(was_training)
-    return flatten_results(results)
+    return {} if results is None else flatten_results(results)

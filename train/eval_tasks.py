@@ -37,8 +37,9 @@ class EvalTasks:
             raise ConfigError(f"train.eval_tasks: unknown task(s) {', '.join(unknown)} (not found in {where})")
 
     def run(self, engine: Engine, tokenizer: TextTokenizer) -> dict[str, float]:
-        """{"eval/<task>/<metric>": value} on the unwrapped model; {} without tasks. Every rank runs them (under
-        FSDP each forward gathers the weights); RNG state and train mode are left as they were."""
+        """{"eval/<task>/<metric>": value} on the unwrapped model; {} without tasks, and on ranks other than each
+        node's first (lm-eval reports there only; rank 0 logs). Every rank runs them (under FSDP each forward
+        gathers the weights); RNG state and train mode are left as they were."""
         if not self.tasks:
             return {}
         from inference.harness import evaluate_tasks
