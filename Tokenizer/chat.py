@@ -11,9 +11,10 @@ marker string.
 
 An imported model's tokenizer (hf_tokenizer.py) brings its own format: its template (Llama 3's, say), its special
 tokens as the markers (<|start_header_id|>, <|eot_id|>, ...), and `bos_token` and the other named special tokens
-as template variables; the ids equal transformers' `apply_chat_template(..., add_generation_prompt=True)`. Its
-tokenizer matches special tokens inside text anyway, as transformers does, and a template that changes contents
-(Llama 3's `| trim`) is rendered with them as they are: then the reply tokens cannot be told apart for training.
+as template variables; the ids equal transformers' `apply_chat_template(..., add_generation_prompt=True,
+sanitize_control_tokens=True)` (and without that flag for every content that holds no special-token string).
+A template that changes contents (Llama 3's `| trim`) is rendered with the contents themselves, their marker
+strings escaped so that they stay text; the reply tokens then cannot be told apart for training.
 """
 
 from __future__ import annotations
@@ -153,7 +154,17 @@ def _render(fmt: ChatFormat, messages: list[Mapping], add_generation_prompt: boo
     once = all(c == 1 for c in counts)
     contents = [m["content"] for m in messages]
     if not fmt.strict and not (once and "".join(p.marker or p.text for p in parts) == render(contents)):
-        return _split(render(contents), pattern), False
+        # The marker strings inside contents become placeholders for the rendering and text after the split.
+        found: list[str] = []
+        escape = re.compile(f"\x00{nonce}!(\\d+)\x00")
+
+        def hide(match: re.Match) -> str:
+            found.append(match.group())
+            return f"\x00{nonce}!{len(found) - 1}\x00"
+
+        text = render([pattern.sub(hide, c) for c in contents])
+        return [_Part(escape.sub(lambda m: found[int(m.group(1))], p.text), p.marker)
+                for p in _split(text, pattern)], False
     if any(c > 1 for c in counts):
         i = next(i for i, c in enumerate(counts) if c > 1)
         raise DataError(f"the chat template writes messages[{i}].content twice; it must write it once")
@@ -169,6 +180,9 @@ def _encode(
     the marker that closes it: <|end_of_turn|> here, <|eot_id|> in Llama 3's format)."""
     messages = validate_messages(messages)
     fmt = chat_format(tokenizer)
+    # Text between markers never becomes a marker: ours never encodes to one; an imported tokenizer would match
+    # the strings of its special tokens, so it spells them as text here.
+    encode = tokenizer.encode_text if isinstance(tokenizer, HFTokenizer) else tokenizer.encode
     parts, by_message = _render(fmt, messages, add_generation_prompt)
     if need_mask and not by_message:
         raise DataError(f"the chat template of {tokenizer.directory} changes message contents (as Llama 3's `| trim` "
@@ -182,12 +196,12 @@ def _encode(
         return part.message is not None and messages[part.message]["role"] == "assistant"
 
     def flush() -> None:
-        tokens = tokenizer.encode("".join(p.text for p in run)) if run else []
+        tokens = encode("".join(p.text for p in run)) if run else []
         labels = [False] * len(tokens)
         if need_mask and any(is_reply(p) for p in run):
             # The reply's tokens within the run (an imported template writes text around it, e.g. Llama 3's
             # "\n\n"): exact when the run's pieces encode to the same ids one by one.
-            pieces = [tokenizer.encode(p.text) for p in run]
+            pieces = [encode(p.text) for p in run]
             if [i for piece in pieces for i in piece] != tokens:
                 raise DataError("a reply and the chat template's text around it share tokens, so the tokens of "
                                 "the reply cannot be told apart for training")

@@ -65,6 +65,7 @@ class HFTokenizer:
         self._tok = tokenizer
         self._content_hash = content_hash
         self._chat_template = chat_template
+        self._plain = None  # a copy that spells special tokens as text (encode_text), made when first needed
         self._template_tokens = {k: n for k in TEMPLATE_TOKENS if (n := _token_name(settings.get(k))) is not None}
         ids = {}
         for kind in ("bos", "eos", "pad", "unk"):
@@ -128,6 +129,17 @@ class HFTokenizer:
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Token ids of `text`, optionally with BOS first and EOS last."""
         return self._wrap(self._tok.encode(text, add_special_tokens=False).ids, bos, eos)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of `text` with the strings of special tokens in it spelled as text, never as those tokens (as
+        transformers' split_special_tokens=True does): chat message contents cannot forge markers."""
+        if self._plain is None:
+            from tokenizers import Tokenizer as RustTokenizer
+
+            plain = RustTokenizer.from_str(self._tok.to_str())  # a copy: the shared one keeps matching them
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return self._plain.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False,
                      num_threads: int = -1) -> list[list[int]]:
