@@ -130,8 +130,8 @@ def _split(text: str, pattern: re.Pattern, message: int | None = None) -> list[_
 def _render(fmt: ChatFormat, messages: list[Mapping], add_generation_prompt: bool) -> tuple[list[_Part], bool]:
     """Render with placeholders for the contents; return the output as text, marker and content parts, and
     whether each content is its own part. A non-strict format whose template does not write every content once
-    and unchanged (Llama 3 trims them) is rendered with the contents instead, as transformers does: no content
-    parts then."""
+    and unchanged (Llama 3 trims them) is rendered with the contents instead, as transformers does, the marker
+    strings inside them kept as text: no content parts then."""
     template, pattern = _compile(fmt.template), _marker_pattern(tuple(fmt.markers))
 
     def render(contents: list[str]) -> str:
@@ -231,7 +231,8 @@ def reply_stop_ids(tokenizer: Tokenizer | HFTokenizer) -> frozenset[int]:
 
 def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of a conversation rendered by the tokenizer's chat template; with add_generation_prompt the ids
-    end with the <|assistant|> marker that asks for the next reply. Bad messages raise ChatFormatError."""
+    end with what asks for the next reply (<|assistant|>; Llama 3: its assistant header). Bad messages raise
+    ChatFormatError."""
     return _encode(tokenizer, messages, add_generation_prompt)[0]
 
 
