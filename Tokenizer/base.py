@@ -9,6 +9,7 @@ transformers runs; otherwise tokenizer.model is ours.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +17,23 @@ from core.errors import DataError
 
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FILE = "tokenizer.json"
+# The chat template beside the tokenizer: ours (see Tokenizer/chat.py), and where transformers saves a model's.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """What Tokenizer/chat.py needs to render a conversation into ids: a Hugging Face style Jinja template, the
+    marker strings its output holds (each becomes its one id), the ids that end a reply besides EOS, and the
+    special token strings the template may use (bos_token, eos_token, ...)."""
+
+    template: str
+    markers: dict[str, int]
+    stop_ids: frozenset[int]
+    variables: dict[str, str]
+    # True: the template must write each message's content once, unchanged (ours; an error otherwise). False
+    # (an imported model's template, which may trim contents): such a template is rendered as transformers does.
+    strict: bool
 
 
 @runtime_checkable

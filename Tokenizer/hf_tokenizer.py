@@ -6,6 +6,8 @@ gives.
     tok.encode(text, bos=tok.add_bos)                         # == AutoTokenizer.from_pretrained(dir)(text).input_ids
 
 Special tokens come from tokenizer_config.json (then special_tokens_map.json, as transformers 4.x wrote them).
+The model's chat template (chat_template.jinja, as transformers saves it, else tokenizer_config.json's
+chat_template) is what Tokenizer/chat.py renders conversations with, its special tokens as the markers.
 Whether the model expects BOS first (`add_bos`) is tokenizer_config.json's `add_bos_token` when it says so, else
 what the tokenizer.json post-processor adds: encode() itself adds BOS/EOS only when asked, so that data
 preparation and generation decide explicitly. A special token written inside the text is matched as that token,
@@ -20,9 +22,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from core.errors import DataError
-from Tokenizer.base import HF_FILE
+from Tokenizer.base import CHAT_TEMPLATE_FILE, HF_FILE, ChatFormat
 
 CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # later files win, as in transformers
+# The named special tokens transformers hands a chat template as variables (its special_tokens_map).
+TEMPLATE_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 def _read_json(path: Path) -> dict:
@@ -35,6 +39,17 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _config_template(value: object, path: Path) -> str | None:
+    """tokenizer_config.json's chat_template: a string, or a list of named templates (the "default" one)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        if isinstance(named.get("default"), str):
+            return named["default"]
+    raise DataError(f"{path}: chat_template must be a string or a list holding a 'default' template")
+
+
 def _token_name(value: object) -> str | None:
     """A special token as tokenizer_config.json writes it: a string, or {"content": ...}."""
     if isinstance(value, dict):
@@ -45,10 +60,13 @@ def _token_name(value: object) -> str | None:
 class HFTokenizer:
     """Encode text to token ids and back with a Hugging Face tokenizer.json; build one with HFTokenizer.load(dir)."""
 
-    def __init__(self, directory: Path, tokenizer, settings: dict, content_hash: str):
+    def __init__(self, directory: Path, tokenizer, settings: dict, content_hash: str, chat_template: str | None = None):
         self._directory = directory
         self._tok = tokenizer
         self._content_hash = content_hash
+        self._chat_template = chat_template
+        self._plain = None  # a copy that spells special tokens as text (encode_text), made when first needed
+        self._template_tokens = {k: n for k in TEMPLATE_TOKENS if (n := _token_name(settings.get(k))) is not None}
         ids = {}
         for kind in ("bos", "eos", "pad", "unk"):
             name = _token_name(settings.get(f"{kind}_token"))
@@ -85,7 +103,15 @@ class HFTokenizer:
             if (directory / name).is_file():
                 settings.update(_read_json(directory / name))
                 digest.update(name.encode() + b"\0" + (directory / name).read_bytes())
-        return cls(directory, tokenizer, settings, digest.hexdigest())
+        # transformers prefers chat_template.jinja, where it saves a template, over tokenizer_config.json's.
+        template_path = directory / CHAT_TEMPLATE_FILE
+        if template_path.is_file():
+            raw_template = template_path.read_bytes()
+            digest.update(CHAT_TEMPLATE_FILE.encode() + b"\0" + raw_template)
+            template = raw_template.decode("utf-8", errors="replace")
+        else:
+            template = _config_template(settings.get("chat_template"), directory / "tokenizer_config.json")
+        return cls(directory, tokenizer, settings, digest.hexdigest(), template)
 
     def _post_processor_adds_bos(self) -> bool:
         """Whether tokenizer.json's post-processor puts BOS first (Llama 3's TemplateProcessing does)."""
@@ -103,6 +129,17 @@ class HFTokenizer:
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Token ids of `text`, optionally with BOS first and EOS last."""
         return self._wrap(self._tok.encode(text, add_special_tokens=False).ids, bos, eos)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of `text` with the strings of special tokens in it spelled as text, never as those tokens (as
+        transformers' split_special_tokens=True does): chat message contents cannot forge markers."""
+        if self._plain is None:
+            from tokenizers import Tokenizer as RustTokenizer
+
+            plain = RustTokenizer.from_str(self._tok.to_str())  # a copy: the shared one keeps matching them
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return self._plain.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False,
                      num_threads: int = -1) -> list[list[int]]:
@@ -144,9 +181,27 @@ class HFTokenizer:
 
     @property
     def has_chat_tokens(self) -> bool:
-        """False: this project's chat markers and template (run_inference.py --chat) are those of our tokenizer;
-        an imported model's own chat template is not used."""
-        return False
+        """True when the model ships a chat template: conversations are rendered with it (Tokenizer/chat.py)."""
+        return self._chat_template is not None
+
+    @property
+    def chat_token_ids(self) -> dict[str, int]:
+        """Id of every chat marker of the model's format (see chat_format); a DataError when it has no template."""
+        return dict(self.chat_format().markers)
+
+    def chat_format(self) -> ChatFormat:
+        """The model's own chat format: its template; as markers, the added tokens that transformers treats as
+        control tokens (the special ones, and others the template writes, like Qwen's <think>); as reply ends,
+        the special ones (they decode to nothing, so no reply holds them; Llama 3's <|eot_id|> is one)."""
+        template = self._chat_template
+        if template is None:
+            raise DataError(f"tokenizer {self._directory} has no chat template ({CHAT_TEMPLATE_FILE} or "
+                            "tokenizer_config.json's chat_template): this model was not made to chat")
+        added = self._tok.get_added_tokens_decoder()  # {id: AddedToken}
+        markers = {t.content: i for i, t in added.items()
+                   if t.special or (t.content in template and not t.content.isspace())}
+        stop_ids = frozenset(i for i, t in added.items() if t.special)
+        return ChatFormat(template, markers, stop_ids, dict(self._template_tokens), strict=False)
 
     @property
     def add_bos(self) -> bool:

@@ -17,9 +17,9 @@ from pathlib import Path
 import sentencepiece as spm
 
 from core.errors import DataError
+from Tokenizer.base import CHAT_TEMPLATE_FILE as CHAT_TEMPLATE_FILE  # the chat template, beside tokenizer.model
 
 MODEL_FILE = "tokenizer.model"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"  # the chat template, beside tokenizer.model (see Tokenizer/chat.py)
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 # Chat markers: SentencePiece control symbols, which encode() never produces (the string "<|user|>" in a text is
 # text, spelled with ordinary pieces); only the chat template inserts their ids. End of turn is its own id, apart

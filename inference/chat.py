@@ -14,14 +14,16 @@ from collections.abc import Mapping, Sequence
 
 from inference.errors import GenerationError, HistoryTruncatedWarning
 from Tokenizer import Tokenizer
-from Tokenizer.chat import ChatFormatError, encode_chat, encode_chat_for_training, validate_messages
+from Tokenizer.chat import ChatFormatError, encode_chat, encode_chat_for_training, reply_stop_ids, validate_messages
 
-__all__ = ["ChatFormatError", "encode_chat", "encode_chat_for_training", "fit_chat", "reply_end_ids"]
+__all__ = ["ChatFormatError", "ChatTooLongError", "encode_chat", "encode_chat_for_training", "fit_chat",
+           "reply_end_ids", "trim_chat"]
 
 
 def reply_end_ids(tokenizer: Tokenizer) -> frozenset[int]:
-    """Tokens that end a reply: <|end_of_turn|>, and EOS or a role marker, which cannot belong to a reply."""
-    return frozenset({tokenizer.eos_id, *tokenizer.chat_token_ids.values()})
+    """Tokens that end a reply: EOS and the chat format's own (ours: <|end_of_turn|> and the role markers, which
+    cannot belong to a reply; an imported model's: its special tokens, its end of turn among them)."""
+    return frozenset({tokenizer.eos_id, *reply_stop_ids(tokenizer)})
 
 
 def _history_starts(messages: list[Mapping]) -> list[int]:
@@ -38,24 +40,29 @@ def _kept(messages: list[Mapping], start: int) -> list[Mapping]:
     return [m for m in messages[:start] if m["role"] == "system"] + messages[start:]
 
 
-def fit_chat(tokenizer: Tokenizer, messages: Sequence[Mapping], max_new_tokens: int, max_seq_len: int) -> list[int]:
-    """Prompt ids of a conversation (ending with <|assistant|>) that leave room for max_new_tokens within
-    max_seq_len: the oldest turns are dropped with a HistoryTruncatedWarning, as few as possible; system messages
-    and the last message are always kept, and a GenerationError says so when even they do not fit."""
+class ChatTooLongError(GenerationError):
+    """Even the system message(s) and the last message do not fit; `tokens` is how many they take."""
+
+    def __init__(self, message: str, tokens: int):
+        super().__init__(message)
+        self.tokens = tokens
+
+
+def trim_chat(tokenizer: Tokenizer, messages: Sequence[Mapping], room: int) -> tuple[list[int], int]:
+    """Prompt ids of a conversation (ending with <|assistant|>) in at most `room` tokens, and how many of its
+    oldest messages were dropped for that (as few as possible; never a system message or the last message).
+    ChatTooLongError when even those do not fit."""
     messages = validate_messages(messages)
-    room = max_seq_len - max_new_tokens
     ids = encode_chat(tokenizer, messages)
     if len(ids) <= room:
-        return ids
+        return ids, 0
     # Every message sits between markers, so dropping one never adds tokens: binary search for the longest
     # history that fits (a few encodings instead of one per dropped turn).
     starts = _history_starts(messages)
     shortest = encode_chat(tokenizer, _kept(messages, starts[-1]))
     if len(shortest) > room:
-        raise GenerationError(
-            f"the system message(s) and the last message take {len(shortest)} tokens; with max_new_tokens "
-            f"{max_new_tokens} that exceeds max_seq_len {max_seq_len}: shorten them or lower max_new_tokens"
-        )
+        raise ChatTooLongError(f"the system message(s) and the last message take {len(shortest)} tokens",
+                               len(shortest))
     lo, hi, ids = 0, len(starts) - 1, shortest  # starts[hi] fits; starts[lo] may not
     while lo < hi:
         mid = (lo + hi) // 2
@@ -64,11 +71,25 @@ def fit_chat(tokenizer: Tokenizer, messages: Sequence[Mapping], max_new_tokens: 
             hi, ids = mid, candidate
         else:
             lo = mid + 1
-    kept = len(_kept(messages, starts[hi]))
-    warnings.warn(
-        f"chat history + max_new_tokens {max_new_tokens} exceeds max_seq_len {max_seq_len}: dropped the "
-        f"{len(messages) - kept} oldest message(s), kept {kept} ({len(ids)} tokens)",
-        HistoryTruncatedWarning,
-        stacklevel=3,
-    )
+    return ids, len(messages) - len(_kept(messages, starts[hi]))
+
+
+def fit_chat(tokenizer: Tokenizer, messages: Sequence[Mapping], max_new_tokens: int, max_seq_len: int) -> list[int]:
+    """Prompt ids of a conversation (ending with <|assistant|>) that leave room for max_new_tokens within
+    max_seq_len: the oldest turns are dropped with a HistoryTruncatedWarning, as few as possible; system messages
+    and the last message are always kept, and a GenerationError says so when even they do not fit."""
+    try:
+        ids, dropped = trim_chat(tokenizer, messages, max_seq_len - max_new_tokens)
+    except ChatTooLongError as e:
+        raise GenerationError(
+            f"{e}; with max_new_tokens {max_new_tokens} that exceeds max_seq_len {max_seq_len}: shorten them or "
+            "lower max_new_tokens"
+        ) from None
+    if dropped:
+        warnings.warn(
+            f"chat history + max_new_tokens {max_new_tokens} exceeds max_seq_len {max_seq_len}: dropped the "
+            f"{dropped} oldest message(s), kept {len(messages) - dropped} ({len(ids)} tokens)",
+            HistoryTruncatedWarning,
+            stacklevel=3,
+        )
     return ids

@@ -17,6 +17,7 @@ from core.errors import DataError
 from inference.errors import GenerationError
 from inference.generator import DEFAULT_MAX_NEW_TOKENS, Generator
 from inference.sampling import SEED_LIMIT, SamplingParams
+from Tokenizer.hf_tokenizer import HFTokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +161,9 @@ def _reply(gen: Generator, messages: list[dict], args: argparse.Namespace, sampl
 
 def _chat(gen: Generator, prompt: str | None, args: argparse.Namespace, sampling: SamplingParams) -> None:
     """Answer `prompt`, or hold a conversation read line by line from stdin (history kept across turns)."""
+    if not gen.tokenizer.has_chat_tokens and isinstance(gen.tokenizer, HFTokenizer):
+        raise DataError(f"the imported model {args.checkpoint} has no chat template (its tokenizer_config.json or "
+                        "chat_template.jinja): it was not made to chat; continue a prompt without --chat")
     if not gen.tokenizer.has_chat_tokens:
         raise DataError(
             f"the tokenizer of {args.checkpoint} has no chat tokens, so this model was not trained to chat: add them "

@@ -265,6 +265,21 @@ def flatten_results(results: dict) -> dict[str, float]:
     return flat
 
 
+def locate_tasks(tasks: Sequence[str], include_path: str | Path | None = None) -> tuple[bool, list[str]]:
+    """Where lm-eval finds `tasks` (names of tasks, groups or tags): (include_defaults, unknown names).
+
+    lm-eval's own tasks (an index of ~15k files, seconds to build) are indexed only when include_path does not
+    hold every name; include_defaults says whether evaluate_tasks needs them."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        local = set(TaskManager(include_path=str(include_path), include_defaults=False).all_tasks)
+        if all(name in local for name in tasks):
+            return False, []
+    known = set(TaskManager(include_path=None if include_path is None else str(include_path)).all_tasks)
+    return True, [name for name in tasks if name not in known]
+
+
 def evaluate_tasks(
     model: Transformer,
     tokenizer: TextTokenizer,
@@ -285,6 +300,9 @@ def evaluate_tasks(
     (Python, NumPy, torch CPU and CUDA) are as before the call. include_defaults=False looks for tasks under
     include_path only (indexing lm-eval's own ~15k task files takes seconds). bootstrap_iters=0 skips the
     bootstrapped standard errors (perplexity metrics get "N/A", which is left out).
+
+    Under torchrun each process evaluates every document (the backend is one rank of one, so the forwards of all
+    ranks match, as FSDP needs), but lm-eval returns results only where LOCAL_RANK is 0: elsewhere this is {}.
     """
     from lm_eval import simple_evaluate  # the evaluator pulls in datasets and more; only import it when used
     from lm_eval.tasks import TaskManager
@@ -304,4 +322,4 @@ def evaluate_tasks(
         np.random.set_state(np_state)
         model.clear_cache()
         model.train(was_training)
-    return flatten_results(results)
+    return {} if results is None else flatten_results(results)

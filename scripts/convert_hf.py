@@ -9,8 +9,9 @@ model.safetensors, generation_config.json (when the tokenizer names BOS/EOS) and
 `import` reads a local Llama directory (config.json + model.safetensors, or shards listed in
 model.safetensors.index.json) and writes a weights-only checkpoint (model.safetensors, whose header holds the
 model config) with the model's own tokenizer in tokenizer/ (tokenizer.json and its config files, tokenizer.model,
-generation_config.json; a directory with only a SentencePiece tokenizer.model gets a tokenizer.json made by
-transformers). It prints the model section to put in a training config for `train.init_from`.
+generation_config.json, chat_template.jinja; a directory with only a SentencePiece tokenizer.model gets a
+tokenizer.json made by transformers). A chat template kept there is what run_inference.py --chat and the server
+render conversations with. It prints the model section to put in a training config for `train.init_from`.
 
 Only the weight names and the RoPE layout of wq/wk differ between the two formats; both are handled here, the
 layout in exactly one function pair (`permute_for_hf`, `unpermute_from_hf`). The weights and configs are read and
@@ -62,8 +63,9 @@ EXPORT_TOOL, IMPORT_TOOL = "convert_hf export", "convert_hf import"  # what --ov
 HF_INDEX = "model.safetensors.index.json"
 GENERATION_CONFIG = "generation_config.json"
 # The files of a Hugging Face tokenizer kept by import and written back by export, as they are.
+# chat_template.jinja is where transformers saves a model's chat template (older ones: in tokenizer_config.json).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                      GENERATION_CONFIG)
+                      "chat_template.jinja", GENERATION_CONFIG)
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 # Our per-layer names -> Hugging Face per-layer names (both under their layer prefix).

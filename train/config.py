@@ -43,6 +43,11 @@ class TrainConfig:
     max_time: float | None = None
     eval_interval: int = 200  # evaluate every N steps (and at the end)
     eval_batches: int = 20  # validation batches (of batch_size sequences) per evaluation
+    # lm-evaluation-harness tasks (names of tasks, groups or tags) run at each evaluation and logged as
+    # eval/<task>/<metric>; empty: none. Needs lm-eval (requirements-dev.txt); unknown names fail at startup
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_tasks_include: str | None = None  # a directory of task YAMLs searched before lm-eval's own tasks
+    eval_tasks_limit: int | float | None = None  # documents per task: a count, or a fraction (< 1); None: all
     save_interval: int = 500  # checkpoint every N steps (and at the end)
     keep_last: int = 2  # step checkpoints kept, besides the best by validation loss
     resume: str = "auto"  # auto: latest checkpoint in out_dir if any; never: refuse a non-empty out_dir; or a path
@@ -76,6 +81,13 @@ class TrainConfig:
         if self.sample_tokens and not self.sample_prompt:
             raise ConfigError("train.sample_prompt must not be empty (or set train.sample_tokens=0 for no sample)")
         check_device_name(self.device, "train.device")
+        limit = self.eval_tasks_limit
+        if limit is not None and not ((limit >= 1 and limit == int(limit)) or 0 < limit < 1):
+            raise ConfigError(
+                f"train.eval_tasks_limit must be a whole number of documents >= 1 or a fraction in (0, 1), got {limit}"
+            )
+        if len(set(self.eval_tasks)) != len(self.eval_tasks) or not all(self.eval_tasks):
+            raise ConfigError(f"train.eval_tasks must name each task once, got {self.eval_tasks}")
         if not self.resume:
             raise ConfigError("train.resume must be auto, never, or a checkpoint path")
 

@@ -31,6 +31,7 @@ from train import checkpoint as ckpt
 from train.config import Config
 from train.dataloader import DataLoader
 from train.engine import Engine, StepResult, build_engine, count_targets, summed_next_token_loss
+from train.eval_tasks import EvalTasks
 from train.memory import estimate_memory
 from train.metrics import MetricsLogger, resolve_peak_flops
 from train.optim import lr_at
@@ -107,6 +108,7 @@ class Trainer:
 
     def _setup(self, cfg: Config) -> None:
         t = cfg.train
+        self.eval_tasks = EvalTasks(t)  # unknown lm-eval task names fail here, before any data or model
         # Rank 0 decides (it alone may see the checkpoints, e.g. on another node's disk) and tells the others.
         resume_from, saved_state = on_main(self.world, self._resume_source) or (None, None)
         resume_from = broadcast_object(self.world, resume_from)
@@ -453,13 +455,15 @@ class Trainer:
 
     def _run_eval(self) -> None:
         record = self.evaluate()
+        record.update(self.eval_tasks.run(self.engine, self.tokenizer))  # train.eval_tasks: eval/<task>/<metric>
         self.last_val_loss = (self.step, record["val_loss"])
         if self.best_val_loss is None or record["val_loss"] < self.best_val_loss:
             self.best_val_loss = record["val_loss"]
         self.metrics.log(record)
         text = self.sample() if self.cfg.train.sample_tokens > 0 else ""
         bpb = f"  bpb {record['val_bpb']:.4f}" if "val_bpb" in record else ""
-        self._info(f"step {self.step}: val_loss {record['val_loss']:.4f}  ppl {record['val_ppl']:.2f}{bpb}")
+        tasks = "".join(f"  {k.removeprefix('eval/')} {v:.4f}" for k, v in record.items() if k.startswith("eval/"))
+        self._info(f"step {self.step}: val_loss {record['val_loss']:.4f}  ppl {record['val_ppl']:.2f}{bpb}{tasks}")
         if text:
             prompt = self.cfg.train.sample_prompt
             shown = f"{prompt}\n-> {text}" if self.chat else prompt + text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,14 +23,16 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from core.errors import UserError
-from inference.chat import encode_chat, reply_end_ids
+from inference.chat import ChatTooLongError, reply_end_ids, trim_chat
 from inference.sampling import SamplingParams
+from inference.server.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from inference.server.engine import Engine, EngineOverloaded, Failed, Finished, Piece, SeqSpec
 from inference.server.protocol import ChatRequest, CompletionRequest, error_body, new_id, now, usage
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 DISCONNECT_POLL_S = 0.25  # how often a request checks that its client is still there
 _GONE = object()  # put in a request's event queue when its client has disconnected
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -65,10 +68,13 @@ def _seed(body: Any) -> int:
 
 
 class Server:
-    """The app's state: the engine, the served model's name, the API key, and the request -> sequences rules."""
+    """The app's state: the engine, the served model's name, the API key, the body size limit, and the
+    request -> sequences rules."""
 
-    def __init__(self, engine: Engine, model_name: str, api_key: str | None = None):
+    def __init__(self, engine: Engine, model_name: str, api_key: str | None = None,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.engine, self.model_name, self.api_key = engine, model_name, api_key
+        self.max_body_bytes = max_body_bytes
         self.max_seq_len = engine.model.cfg.max_seq_len
         self.tokenizer = engine.tokenizer
 
@@ -89,16 +95,23 @@ class Server:
                 code="model_not_found",
             )
 
-    def fit(self, prompt: list[int], max_tokens: int | None, param: str) -> int:
-        """max_tokens for this prompt (None: the rest of the context); 400 if the prompt does not leave room."""
+    def too_long(self, what: str, param: str) -> APIError:
+        """413: the prompt alone fills the context, leaving no room for one generated token."""
+        return APIError(413, f"this model's context is {self.max_seq_len} tokens; {what}, leaving no room for a reply",
+                        param=param, code="context_length_exceeded")
+
+    def fit(self, prompt: list[int], max_tokens: int | None, param: str, tokens_param: str = "max_tokens") -> int:
+        """max_tokens for this prompt (None: the rest of the context). A prompt that fills the context is 413;
+        a max_tokens that does not fit beside the prompt is a bad parameter, 400 (both context_length_exceeded)."""
         if not prompt:
             raise APIError(400, "the prompt is empty", param=param)
         room = self.max_seq_len - len(prompt)
-        if room < 1 or (max_tokens is not None and max_tokens > room):
-            asked = "" if max_tokens is None else f" + max_tokens {max_tokens}"
+        if room < 1:
+            raise self.too_long(f"the prompt has {len(prompt)}", param)
+        if max_tokens is not None and max_tokens > room:
             raise APIError(
-                400, f"this model's context is {self.max_seq_len} tokens; the prompt has {len(prompt)}{asked}",
-                param=param if room < 1 else "max_tokens", code="context_length_exceeded",
+                400, f"this model's context is {self.max_seq_len} tokens; the prompt has {len(prompt)} + "
+                f"{tokens_param} {max_tokens}", param=tokens_param, code="context_length_exceeded",
             )
         return room if max_tokens is None else max_tokens
 
@@ -131,12 +144,24 @@ class Server:
         # OpenAI's "developer" role is its newer name for "system".
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
+        asked = body.max_completion_tokens or body.max_tokens
+        tokens_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         try:
-            ids = encode_chat(self.tokenizer, messages)  # ends with the assistant marker: the reply comes next
+            # A history too long for the context loses its oldest turns, as in Generator.chat (never a system
+            # message, never the last one), to leave room for max_tokens or, without it, for one token.
+            # The ids end with the assistant marker: the reply comes next.
+            ids, dropped = trim_chat(self.tokenizer, messages, self.max_seq_len - (asked or 1))
             end_ids = reply_end_ids(self.tokenizer)
+        except ChatTooLongError as e:
+            if e.tokens >= self.max_seq_len:
+                raise self.too_long(str(e), "messages") from None
+            raise APIError(400, f"this model's context is {self.max_seq_len} tokens; {e} + {tokens_param} {asked}",
+                           param=tokens_param, code="context_length_exceeded") from None
         except UserError as e:  # a conversation the template rejects, or a tokenizer without chat markers
             raise APIError(400, str(e), param="messages") from None
-        max_tokens = self.fit(ids, body.max_completion_tokens or body.max_tokens, "messages")
+        if dropped:
+            log.info("chat history too long for the context: dropped its %d oldest message(s)", dropped)
+        max_tokens = self.fit(ids, asked, "messages", tokens_param)
         sampling, seed = _sampling(body), _seed(body)
         specs = [SeqSpec(ids, max_tokens, sampling, tuple(body.stop), end_ids, seed + i) for i in range(n)]
         return Job(specs, bool(body.stream), _include_usage(body), "chat.completion", len(ids))
@@ -259,6 +284,7 @@ async def stream(server: Server, job: Job, request: Request) -> StreamingRespons
 def create_app(server: Server) -> FastAPI:
     """The FastAPI app: /v1/completions, /v1/chat/completions, /v1/models, /health and the chat page."""
     app = FastAPI(title="Mini-LLM", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:

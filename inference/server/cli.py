@@ -14,6 +14,7 @@ from core import cli
 from core.errors import UserError
 from inference.generator import Generator
 from inference.server.app import Server, create_app
+from inference.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from inference.server.engine import Engine
 
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="model id clients must send (default: the checkpoint folder's name)")
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together (KV cache slots)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot; beyond, 503")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest request body accepted; a larger one is answered 413 before it is read")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
     return p
@@ -43,12 +46,14 @@ def build_server(args: argparse.Namespace) -> Server:
         raise ServerError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.max_queue < 0:
         raise ServerError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if args.max_body_bytes < 1:
+        raise ServerError(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
     if not 1 <= args.port < 65536:
         raise ServerError(f"--port must be in [1, 65535], got {args.port}")
     gen = Generator.from_checkpoint(args.checkpoint, args.device, args.dtype)
     engine = Engine(gen.model, gen.tokenizer, args.max_batch, args.max_queue).start()
     name = args.model_name or Path(args.checkpoint).resolve().name
-    return Server(engine, name, args.api_key)
+    return Server(engine, name, args.api_key, args.max_body_bytes)
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -1,7 +1,7 @@
 """Every bad input to every command: exactly one `error:` line naming the bad key, flag, path or value, exit code
 2, no traceback, and nothing created or changed on disk.
 
-Rows: 160 bad inputs (run_train.py 49, run_inference.py 31, convert_hf.py 31, prepare_data.py 28,
+Rows: 163 bad inputs (run_train.py 52, run_inference.py 31, convert_hf.py 31, prepare_data.py 28,
 train_tokenizer.py 13, plot_logs.py 8).
 
 Each row runs the real command in a subprocess from the repo root, against the shared read-only `world`
@@ -140,6 +140,7 @@ CASES: list[Case] = [
     train("data.val_fraction=.nan", expect=["data.val_fraction"], id="train-val-fraction-nan"),
     train("data.tokenizer_sample_mb=0", expect=["data.tokenizer_sample_mb"], id="train-sample-mb-zero"),
     train("data.sources=[]", expect=["data.sources"], id="train-sources-empty"),
+    train("train.eval_tasks_limit=0", expect=["train.eval_tasks_limit", "0"], id="train-eval-tasks-limit-zero"),
     # ---- run_train.py: inputs met when training starts ------------------------------------------------------
     train("model.dim=1000000000", expect=["memory", "model.dim"], id="train-model-too-large-for-memory"),
     train("model.n_layers=100000", "model.dim=4096", "model.n_heads=32",
@@ -175,6 +176,11 @@ CASES: list[Case] = [
           files={"c.jsonl": '{"prompt": "a", "completion": "b"}\n{"messages": [{"role": "bot", "content": "x"}]}\n'},
           expect=["c.jsonl:2", "messages[0].role must be one of system, user, assistant"],
           id="train-chat-malformed-row"),
+    train("train.eval_tasks=[mine,no_such_task]", "train.eval_tasks_include=$tmp/tasks",
+          files={"tasks/mine.yaml": "task: mine\ndataset_path: json\noutput_type: loglikelihood\n"},
+          expect=["train.eval_tasks", "no_such_task"], id="train-eval-task-unknown"),
+    train("train.eval_tasks=[mine]", "train.eval_tasks_include=$tmp/none",
+          expect=["train.eval_tasks_include", "$tmp/none"], id="train-eval-tasks-include-missing"),
     train("train.init_from=$mismatched", expect=["tok_embeddings.weight"],
           id="train-init-from-config-disagrees-with-weights"),
     # ---- run_inference.py ---------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ pytest.importorskip("transformers")
 
 import numpy as np
 import torch
-import yaml
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
@@ -30,6 +29,7 @@ from inference.harness import HarnessError, MiniLLM, evaluate_tasks, flatten_res
 from scripts import evaluate as evaluate_script
 from scripts.convert_hf import export_checkpoint
 from tests.inference.conftest import CORPUS, DOCS, MAX_SEQ_LEN
+from tests.inference.lm_eval_tasks import write_task
 
 TOL = 1e-4
 # A rolling log-likelihood sums a whole document (thousands of nats): fp32 summation order alone moves it by a few
@@ -60,29 +60,19 @@ GEN_DOCS = [
 PPL_DOCS = [{"text": d} for d in [*DOCS, LONG]]
 
 
-def _write_task(directory: Path, name: str, docs: list[dict], cache: Path, **fields) -> None:
-    data = directory / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-    config = {
-        "task": name, "dataset_path": "json", "test_split": "test",
-        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(cache)}, **fields,
-    }
-    (directory / f"{name}.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three local tasks over jsonl files: multiple choice, generate_until and a rolling perplexity."""
     root = tmp_path_factory.mktemp("lm_eval_tasks")
     directory, cache = root / "tasks", root / "datasets_cache"
     directory.mkdir()
-    _write_task(directory, "mini_mc", MC_DOCS, cache, output_type="multiple_choice", doc_to_text="question",
+    write_task(directory, "mini_mc", MC_DOCS, cache, output_type="multiple_choice", doc_to_text="question",
                 doc_to_choice="choices", doc_to_target="label",
                 metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}])
-    _write_task(directory, "mini_gen", GEN_DOCS, cache, output_type="generate_until", doc_to_text="prompt",
+    write_task(directory, "mini_gen", GEN_DOCS, cache, output_type="generate_until", doc_to_text="prompt",
                 doc_to_target="answer", metric_list=[{"metric": "exact_match"}],
                 generation_kwargs={"until": ["."], "max_gen_toks": 16, "do_sample": False})
-    _write_task(directory, "mini_ppl", PPL_DOCS, cache, output_type="loglikelihood_rolling", doc_to_text="",
+    write_task(directory, "mini_ppl", PPL_DOCS, cache, output_type="loglikelihood_rolling", doc_to_text="",
                 doc_to_target="text",
                 metric_list=[{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")])
     return directory

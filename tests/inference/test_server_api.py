@@ -4,12 +4,16 @@ streaming, n > 1, stop strings, usage, and every error status."""
 from __future__ import annotations
 
 import time
+import warnings
 
 import httpx
 import openai
 import pytest
 
 from inference import Generator, SamplingParams
+from inference.chat import encode_chat, fit_chat
+from inference.errors import HistoryTruncatedWarning
+from inference.server.body_limit import DEFAULT_MAX_BODY_BYTES
 from tests.inference.serving import KEY, MODEL, running_server, wait_idle
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -151,16 +155,38 @@ def test_bad_parameter_is_400_naming_it(client, params, param):
     assert _error(e.value)["param"] == param
 
 
-def test_prompt_too_long_is_400_context_length_exceeded(client, reference):
+def test_prompt_too_long_is_413_and_too_many_max_tokens_400(client, reference):
     long_prompt = "hello there " * 200  # far more tokens than max_seq_len (96)
     assert len(reference.encode(long_prompt)) > reference.max_seq_len
-    with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=4)
-    assert _error(e.value)["code"] == "context_length_exceeded"
-    with pytest.raises(openai.BadRequestError) as e:  # the prompt fits, but not with max_tokens
+    for max_tokens in (4, None):
+        with pytest.raises(openai.APIStatusError) as e:
+            client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=max_tokens)
+        assert e.value.status_code == 413
+        error = _error(e.value)
+        assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+        assert error["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as e:  # the prompt fits, but not with max_tokens: a bad parameter
         client.completions.create(model=MODEL, prompt="Hello", max_tokens=reference.max_seq_len)
     error = _error(e.value)
     assert error["code"] == "context_length_exceeded" and error["param"] == "max_tokens"
+
+
+def test_a_body_over_the_size_limit_is_413_before_parsing(client, url):
+    too_big = "x" * (DEFAULT_MAX_BODY_BYTES + 1)
+    with pytest.raises(openai.APIStatusError) as e:  # announced by Content-Length: answered unread
+        client.completions.create(model=MODEL, prompt=too_big, max_tokens=4)
+    assert e.value.status_code == 413 and "limit of 1048576 bytes" in _error(e.value)["message"]
+
+    def chunks():  # no Content-Length: counted as it arrives; not even valid JSON, so nothing parsed it
+        for _ in range(DEFAULT_MAX_BODY_BYTES // 4096 + 1):
+            yield b"x" * 4096
+
+    r = httpx.post(f"{url}/v1/completions", content=chunks(), headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 413 and "limit of 1048576 bytes" in r.json()["error"]["message"]
+    # Just under the limit is parsed as usual (and refused for its prompt's length, not its size).
+    with pytest.raises(openai.APIStatusError) as e:
+        client.completions.create(model=MODEL, prompt=too_big[: DEFAULT_MAX_BODY_BYTES - 100], max_tokens=4)
+    assert e.value.status_code == 413 and _error(e.value)["param"] == "prompt"
 
 
 def test_overloaded_is_503_at_once(random_ckpt):
@@ -255,8 +281,59 @@ def test_chat_bad_messages_are_400(client, messages, param):
     assert _error(e.value)["param"] == param
 
 
-def test_chat_too_long_is_400(client):
-    long = [{"role": "user", "content": "hello there " * 200}]
+def long_history(turns: int) -> list[dict]:
+    """A system message, `turns` question/answer pairs and a last question: far over the context (96 tokens)."""
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(turns):
+        messages += [{"role": "user", "content": f"question {i}: the quick brown fox?"},
+                     {"role": "assistant", "content": f"answer {i}: the lazy dog."}]
+    return [*messages, {"role": "user", "content": "def add(a, b):"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_history_too_long_drops_its_oldest_turns_like_generator_chat(client, reference, stream):
+    messages = long_history(10)
+    assert len(encode_chat(reference.tokenizer, messages)) > reference.max_seq_len
+    with pytest.warns(HistoryTruncatedWarning):
+        want = "".join(reference.chat(messages, 12, GREEDY))
+    done = reference.last[0]
+    got = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0,
+                                         stream=stream, stream_options={"include_usage": True} if stream else None)
+    if stream:
+        chunks = list(got)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage = chunks[-1].usage
+    else:
+        text, usage = got.choices[0].message.content, got.usage
+    assert text == want
+    assert usage.prompt_tokens == done.prompt_tokens <= reference.max_seq_len - 12
+    assert usage.completion_tokens == len(done.token_ids)
+
+
+def test_chat_history_without_max_tokens_keeps_what_leaves_room_for_a_reply(client, reference):
+    messages = long_history(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HistoryTruncatedWarning)
+        kept = fit_chat(reference.tokenizer, messages, 1, reference.max_seq_len)  # the most history with room for 1
+    got = client.chat.completions.create(model=MODEL, messages=messages, temperature=0)
+    assert got.usage.prompt_tokens == len(kept)
+    assert got.usage.prompt_tokens + got.usage.completion_tokens <= reference.max_seq_len
+
+
+def test_chat_whose_system_and_last_message_fill_the_context_is_413(client):
+    for messages in ([{"role": "user", "content": "hello there " * 200}],
+                     [{"role": "system", "content": "hello there " * 200}, {"role": "user", "content": "Hi"}]):
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+        assert e.value.status_code == 413
+        error = _error(e.value)
+        assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_chat_max_tokens_that_cannot_fit_beside_the_last_message_is_400(client, reference, field):
+    messages = long_history(10)  # the system message and the last one fit, but not with 90 new tokens
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=long, max_tokens=4)
-    assert _error(e.value)["code"] == "context_length_exceeded"
+        client.chat.completions.create(model=MODEL, messages=messages, **{field: reference.max_seq_len - 6})
+    error = _error(e.value)
+    assert error["code"] == "context_length_exceeded" and error["param"] == field

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
         (["--port", "70000"], "--port"),
         (["--dtype", "fp8"], "fp8"),
         (["--max-batch", "many"], "--max-batch"),
+        (["--max-body-bytes", "0"], "--max-body-bytes"),
     ],
 )
 def test_bad_flags_are_one_error_line(random_ckpt, capsys, args, needle):
@@ -50,7 +51,7 @@ def test_serves_on_loopback_and_stops_on_ctrl_c(random_ckpt):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "run_server.py", "--checkpoint", str(random_ckpt), "--port", str(port), "--api-key", "k",
-         "--max-batch", "2", "--device", "cpu"],
+         "--max-batch", "2", "--device", "cpu", "--max-body-bytes", "2000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -70,6 +71,9 @@ def test_serves_on_loopback_and_stops_on_ctrl_c(random_ckpt):
         assert [m.id for m in client.models.list().data] == [model]
         reply = client.completions.create(model=model, prompt="Hello", max_tokens=5, temperature=0)
         assert reply.usage.completion_tokens <= 5 and reply.choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.APIStatusError) as e:  # --max-body-bytes 2000: a 2 kB prompt is refused unread
+            client.completions.create(model=model, prompt="x" * 2000, max_tokens=5)
+        assert e.value.status_code == 413 and "--max-body-bytes" in e.value.response.json()["error"]["message"]
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
         # uvicorn shuts down gracefully; depending on its version it then re-raises the signal (exit 130).
