@@ -6,11 +6,20 @@
 For each batch size (1 and 8 by default) the same random prompt of --prompt-len tokens is continued greedily by
 exactly --new-tokens tokens, every way:
 
-    kv-cache          our prefill + decode_one_token loop, eager (int positions)
+    run_inference defaults  exactly what `run_inference.py --checkpoint C --prompt P --max-new-tokens N` does
+                      (batch 1 only): the checkpoint loaded with the CLI's default flags (device and dtype auto,
+                      no compile, KV cache), its default sampling (temperature 0.8, seed 0), the text streamed
+                      piece by piece to a sink, then the speed line; the prompt is the random tokens as text. It
+                      samples, so its tokens are not compared, and EOS may end it early (rates use the tokens made)
+    kv-cache          our prefill + eager one-token decode loop (int positions), greedy
     kv-cache+compile  the same with the decode step compiled (static cache; CUDA graphs on GPU)
     no-kv-cache       our model re-run over the whole context at every step
     hf generate       the same weights exported with scripts/convert_hf.py, run by transformers' generate()
                       (greedy, min_new_tokens = max_new_tokens so EOS cannot end it early)
+
+With --config (random weights, no tokenizer) the defaults row needs a checkpoint with a tokenizer: one is trained
+on the built-in corpus (1 MB, a second or two) and saved with the weights to a temporary directory.
+The vs_hf column is each row's decode tokens/s over transformers' at the same batch size.
 
 Timing: a run of 1 new token measures prefill; decode tokens/s is B * (N - 1) over (time of N tokens - time of
 1 token). Each figure is the best of --repeats runs after a warm-up (which also compiles); the variants take
@@ -22,11 +31,13 @@ bandwidth. Prints a table and writes JSON (environment, settings, rows) under be
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +51,18 @@ from benchmarks.common import environment, print_table, write_result  # noqa: E4
 from core import cli  # noqa: E402
 from core.device import resolve_device, resolve_dtype  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.sources import iter_documents  # noqa: E402
+from inference import cli as inference_cli  # noqa: E402
 from inference.decode import COMPILE_FAILED, DecodeStep, generate_tokens  # noqa: E402
+from inference.generator import Generator  # noqa: E402
 from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
-from model.checkpoint import load_model, save_model_checkpoint  # noqa: E402
+from model.checkpoint import TOKENIZER, load_model, save_model_checkpoint  # noqa: E402
+from Tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from train.config import load_config  # noqa: E402
 
-COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "decode_ms_per_step", "total_s", "gb_s", "note"]
+COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "vs_hf", "decode_ms_per_step", "total_s", "gb_s", "note"]
+DEFAULTS = "run_inference defaults"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="auto: try it, report a failure as a note")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
+    p.add_argument("--no-defaults", action="store_true", help="skip the run_inference defaults row")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/decode-<device>.json)")
     return p.parse_args(argv)
@@ -92,6 +109,17 @@ def load_hf_peer(model: Transformer, device: torch.device, dtype: torch.dtype, t
     return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
 
 
+def cli_checkpoint(args: argparse.Namespace, model: Transformer, tmp: Path) -> Path:
+    """A checkpoint directory with a tokenizer for the run_inference defaults row: --checkpoint's own, or the
+    random weights saved with a tokenizer of the model's vocabulary trained on the built-in corpus."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    tokenizer = tmp / "tokenizer"
+    train_tokenizer(iter_documents(["builtin:python-stdlib"]), model.cfg.vocab_size, tokenizer, sample_mb=1,
+                    progress=False)
+    return save_model_checkpoint(tmp / "cli-ckpt", model, tokenizer)
+
+
 # ---- runs -------------------------------------------------------------------------------------------------------
 
 
@@ -113,6 +141,21 @@ def ours(model: Transformer, use_cache: bool, step: DecodeStep | None, cache_len
         else:
             model.clear_cache()
         return torch.stack(list(generate_tokens(model, tokens, n, sampler, None, use_cache, step)), dim=1)
+
+    return run
+
+
+def cli_defaults(checkpoint: Path, prompt: str) -> Callable:
+    """run(tokens, n) -> (1, made) new tokens of run_inference.py's default path, continuing `prompt` (the text of
+    tokens) by at most n tokens: the Generator is loaded once, as the CLI does, from the parser's default flags."""
+    args = inference_cli.build_parser().parse_args(["--checkpoint", str(checkpoint), "--prompt", prompt])
+    gen = Generator.from_checkpoint(args.checkpoint, args.device, args.dtype, args.compile, not args.no_kv_cache)
+    sampling = inference_cli.sampling_params(args)
+
+    def run(tokens: torch.Tensor, n: int) -> torch.Tensor:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):  # the terminal is not timed
+            done = inference_cli.print_stream(gen, gen.stream(prompt, n, sampling, args.stop, args.seed, args.bos))
+        return torch.tensor([done.token_ids])
 
     return run
 
@@ -160,7 +203,8 @@ def measure_all(variants: list[Variant], tokens: torch.Tensor, n: int) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             v.run(tokens, min(n, 8))
-        v.note = "; ".join(str(w.message)[:120] for w in caught if str(w.message).startswith(COMPILE_FAILED))
+        failed = [str(w.message)[:120] for w in caught if str(w.message).startswith(COMPILE_FAILED)]
+        v.note = "; ".join([v.note, *failed] if v.note else failed)
     for r in range(max(v.repeats for v in variants)):
         for v in (v for v in variants if r < v.repeats):
             print(f"... run {r + 1}/{v.repeats} {v.name}, batch {tokens.shape[0]}", file=sys.stderr, flush=True)
@@ -197,9 +241,11 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * src.element_size() / best / 1e9
 
 
-def row(v: Variant, tokens: torch.Tensor, n: int) -> dict:
-    """One table row: prefill from the 1-token run, decode from the difference to the n-token run."""
+def row(v: Variant, tokens: torch.Tensor) -> dict:
+    """One table row: prefill from the 1-token run, decode from the difference to the n-token run (n: the tokens
+    it made)."""
     B, T = tokens.shape
+    n = v.out.shape[1]
     decode = max(v.tn - v.t1, 1e-9)
     return {"impl": v.name, "batch": B, "prefill_tok_s": B * T / v.t1, "decode_tok_s": B * (n - 1) / decode,
             "decode_ms_per_step": 1e3 * decode / (n - 1), "total_s": v.tn, "note": v.note}
@@ -223,6 +269,15 @@ def benchmark(args: argparse.Namespace) -> dict:
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
 
     compiled = DecodeStep(compile=True)
+    defaults = None
+    if not args.no_defaults and 1 in args.batch_sizes:
+        ckpt = cli_checkpoint(args, model, Path(tmp.name))
+        prompt_ids = torch.randint(0, load_tokenizer(ckpt / TOKENIZER).vocab_size, (T,),
+                                   generator=torch.Generator().manual_seed(0))
+        tokenizer = load_tokenizer(ckpt / TOKENIZER)
+        prompt = tokenizer.decode(prompt_ids.tolist())
+        defaults = cli_defaults(ckpt, prompt)
+        defaults_note = f"sampled (temperature 0.8), text streamed; prompt {len(tokenizer.encode(prompt))} tokens"
     rows = []
     for B in args.batch_sizes:
         variants = [
@@ -234,19 +289,25 @@ def benchmark(args: argparse.Namespace) -> dict:
             variants.append(Variant("ours kv-cache+compile", ours(model, True, compiled, S), args.repeats, S))
         if peer is not None:
             variants.append(Variant("hf generate", hf(peer), args.repeats))
+        if defaults is not None and B == 1:
+            variants.append(Variant(DEFAULTS, defaults, args.repeats, note=defaults_note))
         tokens = torch.randint(0, model.cfg.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
         tokens = tokens.expand(B, T).contiguous().to(device)
         measure_all(variants, tokens, N)
         for v in variants:
-            r = row(v, tokens, N)
+            r = row(v, tokens)
             if v.name.endswith("compile") and not compiled.compile:
                 r["note"] = "compile failed, ran eagerly: " + r["note"]
-            if not torch.equal(v.out, variants[0].out):
+            if v.name != DEFAULTS and not torch.equal(v.out, variants[0].out):
                 r["note"] = (r["note"] + " tokens differ from ours kv-cache").strip()
             if bandwidth and not v.name.startswith("hf"):
                 decode_s = B * (N - 1) / r["decode_tok_s"]
                 r["gb_s"] = decode_bytes(model, B, T, N, v.kv_slots) / decode_s / 1e9
             rows.append(r)
+        hf_speed = next((r["decode_tok_s"] for r in rows if r["batch"] == B and r["impl"] == "hf generate"), None)
+        for r in rows:
+            if r["batch"] == B and hf_speed:
+                r["vs_hf"] = r["decode_tok_s"] / hf_speed
     tmp.cleanup()
     return {
         "benchmark": "decode",
@@ -260,7 +321,8 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Decode-speed ratios of the cached loop against recomputation and against transformers, per batch size."""
+    """Decode-speed ratios of the cached loop against recomputation and against transformers, and of the CLI's
+    default path against transformers, per batch size."""
     out = {}
     for B in sorted({r["batch"] for r in rows}):
         speed = {r["impl"]: r["decode_tok_s"] for r in rows if r["batch"] == B}
@@ -268,6 +330,8 @@ def summarize(rows: list[dict]) -> dict:
         for other in ("ours no-kv-cache", "hf generate", "ours kv-cache+compile"):
             if other in speed:
                 out[f"batch {B}: ours kv-cache / {other}"] = base / speed[other]
+        if DEFAULTS in speed and "hf generate" in speed:
+            out[f"batch {B}: {DEFAULTS} / hf generate"] = speed[DEFAULTS] / speed["hf generate"]
     return out
 
 

@@ -54,7 +54,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _sampling(args: argparse.Namespace) -> SamplingParams:
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The sampling flags as SamplingParams, checked (a bad value names its flag)."""
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
     params.validate(_flag)
     return params
@@ -110,7 +111,7 @@ def _read_prompt(args: argparse.Namespace) -> str | None:
     return _utf8(args.prompt, "--prompt")
 
 
-def _print_stream(gen: Generator, pieces, eos_means: str = "eos"):
+def print_stream(gen: Generator, pieces, eos_means: str = "eos"):
     """Write streamed text pieces to stdout as they come, then a speed line to stderr; returns the completion."""
     start = time.perf_counter()
     for piece in pieces:
@@ -131,7 +132,7 @@ def _stream_samples(gen: Generator, prompt: str, args: argparse.Namespace, sampl
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{args.num_samples} ---", flush=True)
-        _print_stream(gen, gen.stream(prompt, args.max_new_tokens, sampling, args.stop, args.seed + i, args.bos))
+        print_stream(gen, gen.stream(prompt, args.max_new_tokens, sampling, args.stop, args.seed + i, args.bos))
 
 
 def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingParams) -> None:
@@ -155,7 +156,7 @@ def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingPar
 
 def _reply(gen: Generator, messages: list[dict], args: argparse.Namespace, sampling: SamplingParams) -> str:
     """Stream the assistant's reply to stdout, a speed line to stderr; return the reply."""
-    return _print_stream(gen, gen.chat(messages, args.max_new_tokens, sampling, args.stop, args.seed),
+    return print_stream(gen, gen.chat(messages, args.max_new_tokens, sampling, args.stop, args.seed),
                          eos_means="end of turn").text
 
 
@@ -202,7 +203,7 @@ def _check_chat_flags(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Everything run_inference.py does, after parsing."""
-    sampling = _sampling(args)
+    sampling = sampling_params(args)
     _check_flags(args)
     _check_chat_flags(args)
     device = resolve_device(args.device, "--device")

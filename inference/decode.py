@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from inference.one_token import OneTokenStep
 from model import Transformer
 
 Sample = Callable[[torch.Tensor], torch.Tensor]  # (B, vocab) logits -> (B,) token ids
@@ -60,8 +61,9 @@ def recompute_last(model: Transformer, tokens: torch.Tensor, key_mask: torch.Ten
 class DecodeStep:
     """decode_one_token, in one of two forms.
 
-    Dynamic (eager default): an int position, so attention reads only the filled cache slots; the cheapest
-    form without compilation. Static (compile=True, or static=True to run it eagerly): a 0-dim tensor
+    Dynamic (eager default): an int position, so attention reads only the filled cache slots, through
+    OneTokenStep (inference/one_token.py), which skips the general forward's per-step mask and RoPE building; the
+    cheapest form without compilation. Static (compile=True, or static=True to run it eagerly): a 0-dim tensor
     position, attention over the whole static cache with a mask, so every position runs the same graph. That
     is what compile needs: on CUDA the step is captured once as a CUDA graph (mode="reduce-overhead"), which
     removes the per-kernel launch cost that dominates single-token decode. If compiling fails (no Triton, no C++
@@ -73,13 +75,16 @@ class DecodeStep:
         self.compile = compile  # cleared if compiling fails
         self._compiled: Callable | None = None  # built at the first call, for that call's device
         self._pos: torch.Tensor | None = None  # device-side position, updated in place (no host sync)
+        self._one_token = OneTokenStep()
 
     def __call__(
         self, model: Transformer, token: torch.Tensor, pos: int, key_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Next-token logits (B, V) for token (B, 1) at position pos."""
         if not self.static:
-            return decode_one_token(model, token, pos, key_mask)
+            if model.training:  # dropout on: only the full forward applies it
+                return decode_one_token(model, token, pos, key_mask)
+            return self._one_token(model, token, pos, key_mask)
         if self._pos is None or self._pos.device != token.device:
             self._pos = torch.zeros((), dtype=torch.long, device=token.device)
         self._pos.fill_(pos)

@@ -1,0 +1,83 @@
+"""OneTokenStep (the eager decode default) against the model's full forward: same logits, same cache, same tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.decode import decode_one_token, prefill
+from inference.one_token import OneTokenStep
+from model import Transformer
+from tests.helpers import randomize
+from tests.inference.conftest import tiny_config
+
+PROMPT_LEN, STEPS = 12, 10
+
+
+def random_model(**overrides) -> Transformer:
+    model = Transformer(tiny_config(**overrides)).eval()
+    randomize(model, seed=3)
+    return model
+
+
+def run(model: Transformer, step, tokens: torch.Tensor, key_mask: torch.Tensor | None) -> tuple[list, list]:
+    """Greedy continuation of tokens (B, T) by STEPS steps through `step`: (per-step logits, final k/v caches)."""
+    B, T = tokens.shape
+    model.setup_cache(B, T + STEPS)
+    out = []
+    with torch.inference_mode():
+        logits = prefill(model, tokens, key_mask)
+        for i in range(STEPS):
+            out.append(logits)
+            logits = step(model, logits.argmax(-1)[:, None], T + i, key_mask)
+    caches = [(layer.attention.kv_cache.k.clone(), layer.attention.kv_cache.v.clone()) for layer in model.layers]
+    return out, caches
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 4}, {"n_kv_heads": 1}, {"tie_embeddings": True}],
+                         ids=["gqa", "mha", "mqa", "tied"])
+def test_logits_and_cache_equal_the_full_forward(overrides: dict) -> None:
+    model = random_model(**overrides)
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(0))
+    fast_logits, fast_cache = run(model, OneTokenStep(), tokens, None)
+    full_logits, full_cache = run(model, decode_one_token, tokens, None)
+    for fast, full in zip(fast_logits, full_logits, strict=True):
+        torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+        assert torch.equal(fast.argmax(-1), full.argmax(-1))
+    for (fk, fv), (k, v) in zip(fast_cache, full_cache, strict=True):
+        torch.testing.assert_close(fk, k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fv, v, rtol=1e-5, atol=1e-5)
+
+
+def test_left_padded_rows_follow_their_key_mask() -> None:
+    """Row 1 is padded by 5 slots: with the mask both paths agree, and the padding changes nothing for row 1."""
+    model = random_model()
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+    key_mask = torch.ones(2, PROMPT_LEN + STEPS, dtype=torch.bool)
+    key_mask[1, :5] = False
+    fast_logits, _ = run(model, OneTokenStep(), tokens, key_mask)
+    full_logits, _ = run(model, decode_one_token, tokens, key_mask)
+    alone_logits, _ = run(model, OneTokenStep(), tokens[1:, 5:], None)
+    for fast, full, alone in zip(fast_logits, full_logits, alone_logits, strict=True):
+        torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast[1:], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_model_matches_its_full_forward() -> None:
+    """RoPE is computed in fp32 and cast back, as model.rope.apply_rope does: bf16 logits agree closely."""
+    model = random_model().to(torch.bfloat16)
+    tokens = torch.randint(0, model.cfg.vocab_size, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(2))
+    fast_logits, _ = run(model, OneTokenStep(), tokens, None)
+    full_logits, _ = run(model, decode_one_token, tokens, None)
+    for fast, full in zip(fast_logits, full_logits, strict=True):
+        torch.testing.assert_close(fast.float(), full.float(), rtol=0, atol=0)
+
+
+def test_position_outside_the_cache_is_an_error() -> None:
+    model = random_model()
+    model.setup_cache(1, 8)
+    with torch.inference_mode(), pytest.raises(ValueError, match="position 8 is outside the KV cache"):
+        OneTokenStep()(model, torch.zeros(1, 1, dtype=torch.long), 8)
+    model.clear_cache()
+    with torch.inference_mode(), pytest.raises(ValueError, match="outside the KV cache"):
+        OneTokenStep()(model, torch.zeros(1, 1, dtype=torch.long), 0)
