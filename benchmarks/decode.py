@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
-    p.add_argument("--no-cache-repeats", type=int, default=1, help="timed runs for the slow no-kv-cache case")
+    p.add_argument("--no-cache-repeats", type=int, default=1, help="timed runs for the slow no-kv-cache case (0 skips it)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="auto: try it, report a failure as a note")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
@@ -280,10 +280,9 @@ def benchmark(args: argparse.Namespace) -> dict:
         defaults_note = f"sampled (temperature 0.8), text streamed; prompt {len(tokenizer.encode(prompt))} tokens"
     rows = []
     for B in args.batch_sizes:
-        variants = [
-            Variant("ours kv-cache", ours(model, True, DecodeStep(), T + N), args.repeats),
-            Variant("ours no-kv-cache", ours(model, False, None, T + N), args.no_cache_repeats),
-        ]
+        variants = [Variant("ours kv-cache", ours(model, True, DecodeStep(), T + N), args.repeats)]
+        if args.no_cache_repeats > 0:
+            variants.append(Variant("ours no-kv-cache", ours(model, False, None, T + N), args.no_cache_repeats))
         if args.compile != "off":
             S = model.cfg.max_seq_len
             variants.append(Variant("ours kv-cache+compile", ours(model, True, compiled, S), args.repeats, S))
