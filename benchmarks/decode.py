@@ -19,7 +19,10 @@ exactly --new-tokens tokens, every way:
 
 With --config (random weights, no tokenizer) the defaults row needs a checkpoint with a tokenizer: one is trained
 on the built-in corpus (1 MB, a second or two) and saved with the weights to a temporary directory.
-The vs_hf column is each row's decode tokens/s over transformers' at the same batch size.
+The vs_hf column is each row's decode tokens/s over transformers' at the same batch size. The cpu_ columns
+repeat both from process CPU time instead of wall time (CPU only): on a machine shared with other jobs a run's
+wall time also counts the time slices others took, so these are the steadier figures there (with 1 intra-op
+thread, CPU time is the run's own compute; with more, it includes their spin-waiting).
 
 Timing: a run of 1 new token measures prefill; decode tokens/s is B * (N - 1) over (time of N tokens - time of
 1 token). Each figure is the best of --repeats runs after a warm-up (which also compiles); the variants take
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 import time
@@ -61,7 +65,8 @@ from model.checkpoint import TOKENIZER, load_model, save_model_checkpoint  # noq
 from Tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from train.config import load_config  # noqa: E402
 
-COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "vs_hf", "decode_ms_per_step", "total_s", "gb_s", "note"]
+COLUMNS = ["impl", "batch", "prefill_tok_s", "decode_tok_s", "vs_hf", "cpu_decode_tok_s", "cpu_vs_hf",
+           "decode_ms_per_step", "total_s", "gb_s", "note"]
 DEFAULTS = "run_inference defaults"
 
 
@@ -77,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
-    p.add_argument("--no-cache-repeats", type=int, default=1, help="timed runs for the slow no-kv-cache case (0 skips it)")
+    p.add_argument("--no-cache-repeats", type=int, default=1,
+                   help="timed runs for the slow no-kv-cache case (0 skips it)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="auto: try it, report a failure as a note")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
@@ -182,17 +188,19 @@ class Variant:
     kv_slots: int | None = None  # cache slots every decode step reads (static cache), None: the filled ones
     t1: float = float("inf")  # best time of a 1-token run (prefill)
     tn: float = float("inf")  # best time of an n-token run
+    c1: float = float("inf")  # the same as process CPU time: what the run itself used, whatever else ran
+    cn: float = float("inf")
     out: torch.Tensor | None = None
     note: str = ""
 
 
-def timed(run: Callable, tokens: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
-    """Wall time of one run and its tokens."""
+def timed(run: Callable, tokens: torch.Tensor, n: int) -> tuple[float, float, torch.Tensor]:
+    """Wall time and process CPU time of one run, and its tokens."""
     sync(tokens.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = run(tokens, n)
     sync(tokens.device)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def measure_all(variants: list[Variant], tokens: torch.Tensor, n: int) -> None:
@@ -208,9 +216,9 @@ def measure_all(variants: list[Variant], tokens: torch.Tensor, n: int) -> None:
     for r in range(max(v.repeats for v in variants)):
         for v in (v for v in variants if r < v.repeats):
             print(f"... run {r + 1}/{v.repeats} {v.name}, batch {tokens.shape[0]}", file=sys.stderr, flush=True)
-            v.t1 = min(v.t1, timed(v.run, tokens, 1)[0])
-            tn, v.out = timed(v.run, tokens, n)
-            v.tn = min(v.tn, tn)
+            t1, c1, _ = timed(v.run, tokens, 1)
+            tn, cn, v.out = timed(v.run, tokens, n)
+            v.t1, v.tn, v.c1, v.cn = min(v.t1, t1), min(v.tn, tn), min(v.c1, c1), min(v.cn, cn)
 
 
 def decode_bytes(model: Transformer, batch: int, prompt_len: int, new_tokens: int, kv_slots: int | None) -> int:
@@ -247,8 +255,11 @@ def row(v: Variant, tokens: torch.Tensor) -> dict:
     B, T = tokens.shape
     n = v.out.shape[1]
     decode = max(v.tn - v.t1, 1e-9)
-    return {"impl": v.name, "batch": B, "prefill_tok_s": B * T / v.t1, "decode_tok_s": B * (n - 1) / decode,
-            "decode_ms_per_step": 1e3 * decode / (n - 1), "total_s": v.tn, "note": v.note}
+    r = {"impl": v.name, "batch": B, "prefill_tok_s": B * T / v.t1, "decode_tok_s": B * (n - 1) / decode,
+         "decode_ms_per_step": 1e3 * decode / (n - 1), "total_s": v.tn, "note": v.note}
+    if tokens.device.type == "cpu":  # on a GPU the host's CPU time says little about the decode
+        r["cpu_decode_tok_s"] = B * (n - 1) / max(v.cn - v.c1, 1e-9)
+    return r
 
 
 # ---- main -------------------------------------------------------------------------------------------------------
@@ -268,6 +279,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     peer = None if args.no_hf else load_hf_peer(model, device, dtype, Path(tmp.name))
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
 
+    load_before = os.getloadavg()  # other jobs on the machine: see the cpu_ columns
     compiled = DecodeStep(compile=True)
     defaults = None
     if not args.no_defaults and 1 in args.batch_sizes:
@@ -303,17 +315,19 @@ def benchmark(args: argparse.Namespace) -> dict:
                 decode_s = B * (N - 1) / r["decode_tok_s"]
                 r["gb_s"] = decode_bytes(model, B, T, N, v.kv_slots) / decode_s / 1e9
             rows.append(r)
-        hf_speed = next((r["decode_tok_s"] for r in rows if r["batch"] == B and r["impl"] == "hf generate"), None)
-        for r in rows:
-            if r["batch"] == B and hf_speed:
-                r["vs_hf"] = r["decode_tok_s"] / hf_speed
+        hf_row = next((r for r in rows if r["batch"] == B and r["impl"] == "hf generate"), None)
+        for r in (r for r in rows if r["batch"] == B and hf_row):
+            r["vs_hf"] = r["decode_tok_s"] / hf_row["decode_tok_s"]
+            if "cpu_decode_tok_s" in r:
+                r["cpu_vs_hf"] = r["cpu_decode_tok_s"] / hf_row["cpu_decode_tok_s"]
     tmp.cleanup()
     return {
         "benchmark": "decode",
         "env": {**environment(str(device)), "dtype": str(dtype).removeprefix("torch.")},
         "settings": {"source": args.checkpoint or args.config, "prompt_len": T, "new_tokens": N,
                      "batch_sizes": args.batch_sizes, "repeats": args.repeats, "params": model.num_params(),
-                     "copy_bandwidth_gb_s": bandwidth},
+                     "copy_bandwidth_gb_s": bandwidth, "load_average_1_5_15_min": {"start": load_before,
+                                                                                   "end": os.getloadavg()}},
         "rows": rows,
         "summary": summarize(rows),
     }
@@ -331,6 +345,10 @@ def summarize(rows: list[dict]) -> dict:
                 out[f"batch {B}: ours kv-cache / {other}"] = base / speed[other]
         if DEFAULTS in speed and "hf generate" in speed:
             out[f"batch {B}: {DEFAULTS} / hf generate"] = speed[DEFAULTS] / speed["hf generate"]
+        cpu = {r["impl"]: r["cpu_decode_tok_s"] for r in rows if r["batch"] == B and "cpu_decode_tok_s" in r}
+        for ours_name in ("ours kv-cache", DEFAULTS):
+            if ours_name in cpu and "hf generate" in cpu:
+                out[f"batch {B}: {ours_name} / hf generate, CPU time"] = cpu[ours_name] / cpu["hf generate"]
     return out
 
 
@@ -340,7 +358,9 @@ def report(args: argparse.Namespace) -> None:
     env = payload["env"]
     print(f"decode benchmark: {payload['settings']['source']}, {env['device']} {env.get('gpu', '')} {env['dtype']}, "
           f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['commit']}")
-    print(f"prompt {payload['settings']['prompt_len']} tokens, {payload['settings']['new_tokens']} new tokens, greedy")
+    load = payload["settings"]["load_average_1_5_15_min"]
+    print(f"prompt {payload['settings']['prompt_len']} tokens, {payload['settings']['new_tokens']} new tokens, greedy; "
+          f"load average {load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end ({os.cpu_count()} CPUs)")
     print_table(payload["rows"], COLUMNS if payload["settings"]["copy_bandwidth_gb_s"] else
                 [c for c in COLUMNS if c != "gb_s"])
     if payload["settings"]["copy_bandwidth_gb_s"]:
