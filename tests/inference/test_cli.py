@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from inference.cli import main
 from tests.inference.conftest import DOCS, MAX_SEQ_LEN
@@ -87,6 +88,17 @@ def test_no_kv_cache_prints_the_same_text(capsys, monkeypatch, memorized_ckpt: P
     assert cached[:2] == recomputed[:2] == (0, DOCS[0].removeprefix("Hello") + "\n")
 
 
+def test_threads_sets_torch_threads_and_keeps_the_text(capsys, monkeypatch, memorized_ckpt: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        default = cli(capsys, monkeypatch, memorized_ckpt, "--prompt", "Hello", *GREEDY)
+        two = cli(capsys, monkeypatch, memorized_ckpt, "--prompt", "Hello", "--threads", str(before + 1), *GREEDY)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+    assert two[:2] == default[:2] and default[0] == 0
+
+
 def test_prompt_from_stdin(capsys, monkeypatch, memorized_ckpt: Path) -> None:
     code, out, _ = cli(capsys, monkeypatch, memorized_ckpt, "--prompt", "-", *GREEDY, stdin="The\n")
     assert (code, out) == (0, DOCS[1].removeprefix("The") + "\n")
@@ -121,6 +133,7 @@ def test_interactive_loop(capsys, monkeypatch, memorized_ckpt: Path) -> None:
         (["--prompt", "x", "--temperature", "hot"], "--temperature"),
         (["--prompt", "x", "--max-new-tokens", str(MAX_SEQ_LEN)], "--max-new-tokens"),
         (["--prompt", "x", "--num-samples", "0"], "num-samples"),
+        (["--prompt", "x", "--threads", "0"], "--threads"),
         (["--prompt", "x", "--dtype", "fp8"], "dtype"),
         (["--prompt", "x", "--stop", ""], "stop"),
         ([], "--prompt"),
