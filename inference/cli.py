@@ -162,7 +162,7 @@ def _interactive(gen: Generator, args: argparse.Namespace, sampling: SamplingPar
 def _reply(gen: Generator, messages: list[dict], args: argparse.Namespace, sampling: SamplingParams) -> str:
     """Stream the assistant's reply to stdout, a speed line to stderr; return the reply."""
     return print_stream(gen, gen.chat(messages, args.max_new_tokens, sampling, args.stop, args.seed),
-                         eos_means="end of turn").text
+                        eos_means="end of turn").text
 
 
 def _chat(gen: Generator, prompt: str | None, args: argparse.Namespace, sampling: SamplingParams) -> None:
