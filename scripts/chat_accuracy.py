@@ -55,6 +55,30 @@ def measure(checkpoint: str, val_fraction: float, max_new_tokens: int = 64, devi
             **counts, "accuracy": counts["right"] / len(replies), "replies": replies}
 
 
+def held_out_loss(checkpoint: str, dataset_dir: str, seq_len: int = 256) -> float:
+    """Mean loss on the assistant tokens of a prepared conversation dataset's val split (the number training logs
+    as val_loss), for any checkpoint with the dataset's tokenizer: a base model before fine-tuning too."""
+    import torch
+
+    from data.chat_dataset import ChatDataset, check_chat_compatible
+    from model.checkpoint import TOKENIZER, load_model
+    from model.loss import IGNORE_INDEX
+    from Tokenizer import load_tokenizer
+    from train.engine import next_token_loss
+    from train.sft import ChatLoader
+
+    model, ckpt = load_model(checkpoint)
+    dataset = ChatDataset(dataset_dir)
+    check_chat_compatible(dataset, load_tokenizer(ckpt / TOKENIZER), model.cfg.vocab_size)
+    loader = ChatLoader(dataset, micro_batch_size=1, seq_len=min(seq_len, model.cfg.max_seq_len))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader.validation_batches(10**9):
+            total += float(next_token_loss(model.eval(), batch, reduction="sum"))
+            count += int((batch[1] != IGNORE_INDEX).sum())
+    return total / count
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.ArgumentParser(prog="chat_accuracy.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run's out_dir (latest)")
@@ -66,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="write the result, every reply included, to this file")
     p.add_argument("--show", type=int, default=3, help="print this many replies")
+    p.add_argument("--loss-dataset", help="also report the loss on the assistant tokens of this prepared "
+                   "conversation dataset's val split (e.g. the fine-tuning run's data.dataset_dir)")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
@@ -77,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.checkpoint}: {result['right']}/{result['questions']} signature questions about {which} modules "
           f"right ({100 * result['accuracy']:.1f}%); first parameter right {result['first_right']}; "
           f"{result['shaped']} replies shaped like an answer (NAME(...))")
+    if args.loss_dataset:
+        result["held_out_loss"] = held_out_loss(args.checkpoint, args.loss_dataset)
+        print(f"{args.checkpoint}: loss on the assistant tokens of the held-out conversations "
+              f"{result['held_out_loss']:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
