@@ -190,12 +190,13 @@ def print_results(runs: list[dict], args: argparse.Namespace) -> None:
     rows = [{"side": r["side"], "repeat": r["repeat"], "step": p["step"], "seconds": p["seconds"], "bpb": p["bpb"]}
             for r in runs for p in r["curve"]]
     print_table(rows, ["side", "repeat", "step", "seconds", "bpb"])
-    print("\nat equal training time (latest snapshot at or before it)")
+    print("\nat equal training time (latest snapshot at or before it; 'end': each run's last, when its budget ran out)")
     table = []
-    for t in (*(x for x in TIMES if x < args.seconds), args.seconds):
+    for t in (*(x for x in TIMES if x < args.seconds), "end"):
         row: dict = {"seconds": t}
         for side in ("peer", "ours"):
-            values = [v for r in runs if r["side"] == side if (v := at_time(r["curve"], t)) is not None]
+            curves = [r["curve"] for r in runs if r["side"] == side]
+            values = [v for c in curves if (v := c[-1]["bpb"] if t == "end" else at_time(c, t)) is not None]
             row[side] = statistics.median(values) if values else None
         if row["peer"] and row["ours"]:
             row["ours_vs_peer"] = f"{100 * (1 - row['ours'] / row['peer']):.1f}% fewer"
