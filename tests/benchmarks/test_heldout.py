@@ -1,9 +1,11 @@
-"""benchmarks/heldout.py scores every token of a held-out text exactly once, with the context its windows give."""
+"""benchmarks/heldout.py scores every token of a held-out text exactly once, with the context its windows give;
+benchmarks/speedrun.py holds out the end of the corpus."""
 
 from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,3 +50,20 @@ def test_a_context_longer_than_the_text_is_one_causal_pass():
 
 def test_bits_per_byte():
     assert bits_per_byte(math.log(2) * 12, 4) == pytest.approx(3.0)
+
+
+def test_the_speedrun_holds_out_the_files_end_and_cuts_between_characters(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))  # it imports its siblings
+    from benchmarks.speedrun import split_corpus
+
+    text = "".join(f"line {i}: naïve café {'é' * (i % 3)}\n" for i in range(2000))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    train_file, train, heldout = split_corpus(corpus, 0.1, tmp_path / "work")
+    assert train + heldout == text and train_file.read_text(encoding="utf-8") == train
+    assert (tmp_path / "work" / "heldout.txt").read_text(encoding="utf-8") == heldout
+    n = len(text.encode())
+    assert int(0.9 * n) <= len(train.encode()) <= int(0.9 * n) + 1  # at 90% of the bytes, moved past a 2-byte char
+    mtime = train_file.stat().st_mtime_ns
+    split_corpus(corpus, 0.1, tmp_path / "work")
+    assert train_file.stat().st_mtime_ns == mtime  # unchanged files are not rewritten: the dataset stays fresh
