@@ -3,7 +3,8 @@
 The default is out/datasets/<config name>-<8 hex digits>, the hex digits being a hash of the settings the dataset
 is built from. Switching `data.sources` (or the vocabulary size, text field, ...) on the command line then prepares
 a new dataset beside the old one instead of failing on it, and switching back finds the old one again. Settings
-that do not change the result (the number of tokenizing workers) are left out. An explicit `data.dataset_dir` is
+that do not change the result (the number of tokenizing workers) are left out; the split rule is in (a new
+rule prepares a new dataset rather than failing on the old one). An explicit `data.dataset_dir` is
 used as given, and prepare_data.py refuses it if it holds a dataset built from other inputs.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+
+from data.splits import SPLIT_RULE
 
 DATASETS_ROOT = Path("out") / "datasets"  # under out/, not ./datasets/: that would shadow the HF package
 
@@ -22,7 +25,7 @@ def data_settings_hash(sources: list[str], vocab_size: int, tokenizer_dir: str |
     `extra` (settings of other dataset kinds, e.g. conversations) joins the hash only when given."""
     settings = {"sources": [str(s) for s in sources], "vocab_size": vocab_size, "tokenizer_dir": tokenizer_dir,
                 "text_field": text_field, "val_fraction": float(val_fraction),
-                "tokenizer_sample_mb": tokenizer_sample_mb}
+                "tokenizer_sample_mb": tokenizer_sample_mb, "split_rule": SPLIT_RULE}
     if extra:
         settings["extra"] = extra
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]

@@ -26,8 +26,8 @@ class EncodedBatch:
     val_tokens: np.ndarray
     val_lengths: np.ndarray
     val_bytes: int
-    last_is_val: bool  # the split of the batch's last document (the fallback in prepare_data.py may move it)
-    last_bytes: int  # UTF-8 bytes of that document's text
+    is_val: np.ndarray  # bool per document, in batch order: how the two splits interleave (data/splits.py)
+    doc_bytes: np.ndarray  # int64 UTF-8 bytes of each document's text, in batch order
 
     @property
     def text_bytes(self) -> int:
@@ -49,19 +49,21 @@ def encode_documents(tokenizer: TextTokenizer, texts: list[str], dtype: np.dtype
     ids = tokenizer.encode_batch(texts, bos=tokenizer.add_bos, eos=True, num_threads=1)
     docs: dict[bool, list[list[int]]] = {False: [], True: []}  # keyed by "is validation"
     nbytes = {False: 0, True: 0}
-    val, raw = False, b""
-    for text, doc in zip(texts, ids, strict=True):
+    is_val = np.zeros(len(texts), dtype=bool)
+    doc_bytes = np.zeros(len(texts), dtype=np.int64)
+    for i, (text, doc) in enumerate(zip(texts, ids, strict=True)):
         raw = text.encode("utf-8")
-        val = is_validation(raw, val_fraction)
+        val = is_val[i] = is_validation(raw, val_fraction)
         docs[val].append(doc)
         nbytes[val] += len(raw)
+        doc_bytes[i] = len(raw)
 
     def pack(docs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
         tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=int(lengths.sum()))
         return tokens, lengths
 
-    return EncodedBatch(*pack(docs[False]), nbytes[False], *pack(docs[True]), nbytes[True], val, len(raw))
+    return EncodedBatch(*pack(docs[False]), nbytes[False], *pack(docs[True]), nbytes[True], is_val, doc_bytes)
 
 
 # ---- worker processes -----------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ each piece is split, tokenized and terminated with EOS like a document of its ow
 - 65,536 characters keeps ordinary documents whole (a source file, an article, a web page: the whole Python
   standard library except 32 of its 659 documents), so their split stays per document.
 - 8,192 characters (about 2K tokens, more than a typical training window) makes a 1 MB novel about 128 pieces, so
-  a 5% validation split is about 6 whole pieces; a 0.5% split (about 0.6 pieces on average) is guaranteed its
-  piece by the fallback in data/splits.py (the last piece of the corpus goes to an otherwise empty split).
+  a 5% validation split is about 6 whole pieces; a 0.5% split (about 0.6 pieces on average) is topped up by
+  data/splits.py with the corpus's last pieces, to about 16K tokens.
 
 Cuts fall on the first paragraph break (a blank line) at least PIECE_CHARS into the piece; when there is none
 within 2 x PIECE_CHARS, on the first line break, then the first space, else at 2 x PIECE_CHARS. A cut that would

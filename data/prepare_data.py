@@ -31,17 +31,15 @@ from core.errors import DataError, SourceError
 from core.paths import check_dir_path
 from core.sources import Source, SourceStats, describe_sources, iter_sources, resolve_sources
 from data.encode import ParallelEncoder, batch_documents
-from data.pieces import PIECE_RULE, PieceStats, cut_documents
+from data.pieces import PieceStats, cut_documents
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, load_manifest, token_dtype
-from data.splits import FALLBACK_RULE, SPLITS, SplitSink
+from data.splits import SPLIT_RULE, SPLITS, SplitSink
 from Tokenizer import TextTokenizer, has_tokenizer, load_tokenizer, train_tokenizer
 from Tokenizer.train_tokenizer import MIN_VOCAB_SIZE
 
 TOKENIZER_SUBDIR = "tokenizer"
 DEFAULT_SHARD_TOKENS = 2**26  # 128 MiB of uint16 per shard: few files, each small enough to copy around
 BATCH_CHARS = 1 << 18  # characters per work item sent to a worker: big enough to amortize IPC, small for balance
-SPLIT_RULE = (f"{PIECE_RULE}; a document (or piece) is val when blake2b(utf8 text, digest_size=8) as "
-              f"little-endian uint64 < val_fraction * 2**64; {FALLBACK_RULE}")
 
 
 class DatasetConflict(DataError):
@@ -274,8 +272,11 @@ def prepare_dataset(
         if pieces["documents_cut"]:
             print(f"{pieces['documents_cut']:,} document(s) longer than {pieces['max_document_chars']:,} characters "
                   f"were cut into {pieces['pieces']:,} pieces for the split")
-        if fallback:
-            print(f"the {fallback} split would have been empty: the last document went to it")
+        if fallback and fallback["split"] == "val":
+            print(f"the val split was small: the last {fallback['documents']:,} document(s) "
+                  f"({fallback['tokens']:,} tokens) went to it")
+        elif fallback:
+            print("the train split would have been empty: the last document went to it")
     return out
 
 

@@ -106,17 +106,19 @@ class DataLoader:
         """The same up to n_batches (x, y) validation micro batches every call; fewer if the val split is small.
 
         Windows are spread evenly over the whole val stream and dealt out like training windows, so ranks see
-        disjoint windows and every rank gets the same number of batches."""
+        disjoint windows and every rank gets the same number of batches. A val split smaller than one micro batch
+        on every rank gives one smaller batch (as many windows per rank as there are), not an error."""
         n_val = self.dataset.num_tokens("val") // self.window
-        available = n_val // self.windows_per_step
-        if available == 0:
+        per_rank = min(self.micro_batch_size, n_val // self.world_size)  # windows per rank per batch
+        if per_rank == 0:
             raise DataError(
                 f"the val split of {self.dataset.directory} has {self.dataset.num_tokens('val'):,} tokens, fewer "
-                f"than one micro batch of {self.micro_batch_size} x {self.window} tokens on each of "
-                f"{self.world_size} rank(s): raise data.val_fraction and rebuild, or lower seq_len"
+                f"than one window of {self.window} tokens on each of {self.world_size} rank(s): raise "
+                "data.val_fraction and rebuild, or lower train.seq_len"
             )
-        total = min(n_batches, available) * self.windows_per_step
+        step = per_rank * self.world_size
+        total = min(n_batches, n_val // step) * step
         chosen = np.arange(total, dtype=np.int64) * n_val // total  # strictly increasing since total <= n_val
-        for b in range(total // self.windows_per_step):
-            first = b * self.windows_per_step + self.rank
-            yield self._batch("val", chosen[first : first + self.windows_per_step : self.world_size])
+        for b in range(total // step):
+            first = b * step + self.rank
+            yield self._batch("val", chosen[first : first + step : self.world_size])

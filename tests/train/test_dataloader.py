@@ -151,12 +151,23 @@ def test_validation_windows_are_fixed_disjoint_and_spread(dataset):
     assert len(list(loaders[1].validation_batches(100))) == 10
 
 
+def test_a_val_split_smaller_than_one_micro_batch_gives_one_smaller_batch(tmp_path):
+    small = make_dataset(tmp_path / "small", train_tokens=60 * 17, val_tokens=5 * 17 + 3)  # 5 val windows
+    loaders = [DataLoader(small, micro_batch_size=8, seq_len=16, rank=r, world_size=2) for r in range(2)]
+    batches = [list(loader.validation_batches(4)) for loader in loaders]
+    assert [[starts(b) for b in rank] for rank in batches] == [[[0, 34]], [[17, 51]]]  # 2 per rank, disjoint
+    x, y = batches[0][0]
+    assert x.shape == (2, 16) and torch.equal(y, x + 1)
+    one = DataLoader(small, micro_batch_size=8, seq_len=16)
+    assert [starts(b) for b in one.validation_batches(4)] == [[0, 17, 34, 51, 68]]  # every window, once
+
+
 def test_split_too_small_is_a_clear_error(tmp_path):
     small = make_dataset(tmp_path / "small", train_tokens=100, val_tokens=10)
     with pytest.raises(DataError, match=r"train split .* fewer than one micro batch"):
         DataLoader(small, micro_batch_size=8, seq_len=16)
     loader = DataLoader(small, micro_batch_size=1, seq_len=16)
-    with pytest.raises(DataError, match=r"val split .* raise data.val_fraction"):
+    with pytest.raises(DataError, match=r"val split .* fewer than one window of 17 tokens .* raise data.val_fraction"):
         list(loader.validation_batches(2))
 
 
