@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from torch import nn
 
 from inference.one_token import OneTokenStep
 from model import Transformer
@@ -58,6 +59,16 @@ def recompute_last(model: Transformer, tokens: torch.Tensor, key_mask: torch.Ten
     return model(tokens, key_mask=key_mask)[:, -1]
 
 
+def _plain(model: nn.Module) -> bool:
+    """True when no module of `model` has forward hooks and no parameter is a DTensor (not sharded or wrapped):
+    then reading its weights directly computes what calling its modules does. Checked every step (tens of
+    microseconds), so a model sharded or hooked later is never decoded wrongly."""
+    from torch.distributed.tensor import DTensor
+
+    return not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules()) and not any(
+        isinstance(p, DTensor) for p in model.parameters())
+
+
 class DecodeStep:
     """decode_one_token, in one of two forms.
 
@@ -82,7 +93,9 @@ class DecodeStep:
     ) -> torch.Tensor:
         """Next-token logits (B, V) for token (B, 1) at position pos."""
         if not self.static:
-            if model.training:  # dropout on: only the full forward applies it
+            # Dropout on, or a model whose modules do work around their forward (FSDP all-gathers sharded weights
+            # in pre-forward hooks; OneTokenStep reads weights directly): only the full forward is right.
+            if model.training or not _plain(model):
                 return decode_one_token(model, token, pos, key_mask)
             return self._one_token(model, token, pos, key_mask)
         if self._pos is None or self._pos.device != token.device:

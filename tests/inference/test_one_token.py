@@ -81,3 +81,29 @@ def test_position_outside_the_cache_is_an_error() -> None:
     model.clear_cache()
     with torch.inference_mode(), pytest.raises(ValueError, match="outside the KV cache"):
         OneTokenStep()(model, torch.zeros(1, 1, dtype=torch.long), 0)
+
+
+def test_a_model_with_forward_hooks_decodes_through_its_modules() -> None:
+    """Weights read directly would skip what a hook does (FSDP all-gathers sharded weights in one): a hooked model
+    takes the full forward, so its logits are the full forward's with the hook, not the plain step's."""
+    from inference.decode import DecodeStep, decode_one_token
+
+    model = random_model()
+    token = torch.tensor([[5]])
+
+    def step(fn):
+        model.setup_cache(1, 16)
+        try:
+            return fn(model, token, 0, None)
+        finally:
+            model.clear_cache()
+
+    plain = step(DecodeStep())
+    handle = model.norm.register_forward_hook(lambda module, args, out: out * 2)
+    try:
+        hooked = step(DecodeStep())
+        expected = step(decode_one_token)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(hooked, expected, rtol=0, atol=0)
+    assert not torch.allclose(hooked, plain)
