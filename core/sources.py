@@ -290,7 +290,9 @@ def _read_parquet(path: Path, text_field: str, stats: SourceStats) -> Iterator[s
         raise SourceError(f"cannot read parquet file {path}: {e}") from None
 
 
-def _read_hf(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
+def hf_records(spec: str) -> Iterator[tuple[dict, str]]:
+    """(record, "hf:SPEC record I") of a Hugging Face dataset `NAME[:CONFIG][@SPLIT]`, streamed with `datasets`;
+    SourceError when the package is missing or the dataset cannot be loaded."""
     name, config, split = parse_hf_spec(spec)
     try:
         import datasets
@@ -304,7 +306,12 @@ def _read_hf(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
     except Exception as e:  # network, auth or unknown-dataset errors all mean "cannot use this source"
         raise SourceError(f"cannot load Hugging Face dataset hf:{spec}: {e}") from None
     for i, record in enumerate(stream):
-        text, bad = replace_surrogates(_field(record, text_field, f"hf:{spec} record {i}"))
+        yield record, f"hf:{spec} record {i}"
+
+
+def _read_hf(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
+    for record, where in hf_records(spec):
+        text, bad = replace_surrogates(_field(record, text_field, where))
         stats.replaced_bytes += bad
         yield text
 

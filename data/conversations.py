@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import SourceError
-from core.sources import Source, decode_utf8, parse_hf_spec, replace_surrogates, resolve_sources
+from core.sources import Source, decode_utf8, hf_records, replace_surrogates, resolve_sources
 
 ROLES = ("system", "user", "assistant")
 BUILTIN_CHAT = "python-stdlib-chat"
@@ -104,22 +104,6 @@ def _parquet_rows(path: Path) -> Iterator[tuple[object, str]]:
         raise SourceError(f"cannot read parquet file {path}: {e}") from None
 
 
-def _hf_rows(spec: str) -> Iterator[tuple[object, str]]:
-    name, config, split = parse_hf_spec(spec)
-    try:
-        import datasets
-    except ImportError:
-        datasets = None
-    if getattr(datasets, "load_dataset", None) is None:
-        raise SourceError(f"source hf:{spec} needs the `datasets` package: pip install datasets")
-    try:
-        stream = datasets.load_dataset(name, config, split=split, streaming=True)
-    except Exception as e:  # network, auth or unknown-dataset errors all mean "cannot use this source"
-        raise SourceError(f"cannot load Hugging Face dataset hf:{spec}: {e}") from None
-    for i, record in enumerate(stream):
-        yield record, f"hf:{spec} record {i}"
-
-
 def resolve_chat_sources(specs: list[str]) -> list[Source]:
     """Sources of conversations; the built-in corpus, or files of kinds that hold rows (jsonl, parquet, hf)."""
     specs = [specs] if isinstance(specs, str) else list(specs)
@@ -150,6 +134,6 @@ def iter_conversations(sources: list[Source]) -> Iterator[Conversation]:
         elif source.kind == "parquet":
             rows = _parquet_rows(Path(source.location))
         else:
-            rows = _hf_rows(source.location)
+            rows = hf_records(source.location)
         for row, where in rows:
             yield check_row(row, where)

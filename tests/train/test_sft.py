@@ -244,3 +244,26 @@ def test_chat_accuracy_asks_held_out_questions_and_applies_the_rule(chat_setup, 
     for r in result["replies"]:
         assert r["right"] == answer_is_right(r["reply"], r["name"], r["expected"])
     assert f"{result['right']}/3 signature questions about held-out modules" in proc.stdout
+
+
+def test_hf_conversation_rows_stream_through_the_datasets_package(monkeypatch):
+    import sys
+    import types
+
+    from data.conversations import iter_conversations, resolve_chat_sources
+
+    rows = [{"prompt": "hi", "completion": "hello", "topic": "greet"},
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}]}]
+    calls = []
+
+    def load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    conversations = iter_conversations(resolve_chat_sources(["hf:org/chats:default@test"]))
+    first = next(conversations)
+    assert first.messages == ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"})
+    assert first.topic == "greet" and calls == [("org/chats", "default", "test", True)]
+    with pytest.raises(SourceError, match=r"hf:org/chats:default@test record 1: messages\[1\].content"):
+        next(conversations)
