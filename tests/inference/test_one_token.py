@@ -99,7 +99,7 @@ def test_a_model_with_forward_hooks_decodes_through_its_modules() -> None:
             model.clear_cache()
 
     plain = step(DecodeStep())
-    handle = model.norm.register_forward_hook(lambda module, args, out: out * 2)
+    handle = model.output.register_forward_hook(lambda module, args, out: out * 2)  # OneTokenStep reads its weight
     try:
         hooked = step(DecodeStep())
         expected = step(decode_one_token)

@@ -267,3 +267,18 @@ def test_hf_conversation_rows_stream_through_the_datasets_package(monkeypatch):
     assert first.topic == "greet" and calls == [("org/chats", "default", "test", True)]
     with pytest.raises(SourceError, match=r"hf:org/chats:default@test record 1: messages\[1\].content"):
         next(conversations)
+
+
+def test_the_loop_weights_micro_batches_by_their_targets(chat_setup, tmp_path):
+    """Two micro batches of 4 per step log the losses and reach the weights of one micro batch of 8: the loop
+    weights each by world size / the step's target count (a mean of per-micro-batch means would differ)."""
+    run = ("train.max_steps=3", "train.save_interval=3", "train.eval_interval=3", "train.sample_tokens=0",
+           "data.pack=false", "optim.grad_clip=0")
+    train(chat_config(chat_setup, tmp_path / "one", *run, "train.micro_batch_size=8"))
+    train(chat_config(chat_setup, tmp_path / "two", *run, "train.micro_batch_size=4"))
+    one = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r}
+    two = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r}
+    assert one == pytest.approx(two, abs=1e-5) and sorted(one) == [1, 2, 3]
+    (a, _), (b, _) = load_model(tmp_path / "one"), load_model(tmp_path / "two")
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=5e-5, msg=name)
