@@ -11,7 +11,8 @@ exactly --new-tokens tokens, every way:
                       no compile, KV cache), its default sampling (temperature 0.8, seed 0), the text streamed
                       piece by piece to a sink, then the speed line; the prompt is the random tokens as text. It
                       samples, so its tokens are not compared, and EOS may end it early (rates use the tokens made)
-    kv-cache          our prefill + eager one-token decode loop (int positions), greedy
+    kv-cache          our prefill + eager one-token decode loop (int positions), greedy, with the CPU weight
+                      layout of the CLI's loader (inference/one_token.py: transpose_wide_weights)
     kv-cache+compile  the same with the decode step compiled (static cache; CUDA graphs on GPU)
     no-kv-cache       our model re-run over the whole context at every step
     hf generate       the same weights exported with scripts/convert_hf.py, run by transformers' generate()
@@ -59,6 +60,7 @@ from core.sources import iter_documents  # noqa: E402
 from inference import cli as inference_cli  # noqa: E402
 from inference.decode import COMPILE_FAILED, DecodeStep, generate_tokens  # noqa: E402
 from inference.generator import Generator  # noqa: E402
+from inference.one_token import transpose_wide_weights  # noqa: E402
 from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
 from model.checkpoint import TOKENIZER, load_model, save_model_checkpoint  # noqa: E402
@@ -97,11 +99,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Transformer:
-    """The checkpoint's model, or a seeded random model of the config's model section."""
+    """The checkpoint's model, or a seeded random model of the config's model section; on CPU with the weight
+    layout Generator.from_checkpoint gives it (transpose_wide_weights), so our rows decode as the CLI does."""
     if args.checkpoint:
-        return load_model(args.checkpoint, device, dtype)[0]
-    torch.manual_seed(0)
-    return Transformer(load_config(args.config).model).to(device=device, dtype=dtype).eval()
+        model = load_model(args.checkpoint, device, dtype)[0]
+    else:
+        torch.manual_seed(0)
+        model = Transformer(load_config(args.config).model).to(device=device, dtype=dtype).eval()
+    if device.type == "cpu":
+        transpose_wide_weights(model)
+    return model
 
 
 def load_hf_peer(model: Transformer, device: torch.device, dtype: torch.dtype, tmp: Path):

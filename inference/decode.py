@@ -89,6 +89,11 @@ class DecodeStep:
         self._one_token = OneTokenStep()
         self._plain: tuple[nn.Module, bool] | None = None  # (model, _plain(model)) of the latest model decoded
 
+    def reset(self) -> None:
+        """Start of a generation: the one-token step takes its weight views again (the model may have been moved
+        or reloaded since the last one)."""
+        self._one_token.reset()
+
     def _is_plain(self, model: nn.Module) -> bool:
         """_plain(model), checked at the first step of each model: a Generator (one DecodeStep) keeps its model,
         and sharding or hooking happens before generation, not between two tokens."""
@@ -155,6 +160,7 @@ def generate_tokens(
     T = tokens.shape[1]
     if use_cache:
         step = step or DecodeStep()
+        step.reset()
         logits = prefill(model, tokens, key_mask)  # (B, V)
         for i in range(max_new_tokens):
             next_token = sample(logits)  # (B,)

@@ -87,12 +87,17 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 
 def sample_from_logits(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row, drawn from softmax(logits): argmax of p / Exp(1) noise, which is an exact categorical
-    draw without torch.multinomial's host sync. (B, V) -> (B,)."""
+    """One token per row, drawn from softmax(logits) by inverse transform: one uniform draw per row, scaled to
+    the row's total, found in the cumulative probabilities. (B, V) -> (B,).
+
+    v = (1 - u) * total lies in (0, total], so the first index whose cumulative sum reaches v exists and is
+    never a zero-probability token (its sum equals the one before it). One random number per row instead of V
+    (Exp(1) noise for every logit took ~0.1 ms of a ~2.5 ms CPU decode step at a 4k vocabulary), and no host
+    sync (torch.multinomial has one on CUDA)."""
     probs = torch.softmax(logits.float(), dim=-1)
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    noise.clamp_min_(torch.finfo(noise.dtype).tiny)  # a zero draw would turn 0 / 0 into NaN
-    return torch.argmax(probs / noise, dim=-1)
+    cdf = probs.cumsum(-1)  # (B, V), non-decreasing
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device)  # [0, 1)
+    return torch.searchsorted(cdf, (1 - u) * cdf[:, -1:]).squeeze(-1)
 
 
 # ---- the sampler -----------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from inference.errors import GenerationError
 
 REPLACEMENT = "\ufffd"  # what the decoder shows for an incomplete UTF-8 sequence
 CONTEXT_TOKENS = 8  # committed tokens kept as decoding context, so word-initial spaces survive
+# The context grows to 2 * CONTEXT_TOKENS before it is cut back: its text is then the previous decode's
+# result, so a token costs one tokenizer decode (plus one per CONTEXT_TOKENS tokens to re-decode the cut context).
 
 
 def _held_suffix(text: str, stops: Sequence[str]) -> int:
@@ -58,12 +60,17 @@ class TextStream:
             raise RuntimeError("push() after the stream finished")
         self.token_ids.append(token)
         self._pending.append(token)
-        new = self._pending_text()
+        full = self._decode(self._context + self._pending)
+        new = full[len(self._context_text) :]
         if new.endswith(REPLACEMENT):
             return ""  # the last character is still incomplete: wait for its remaining bytes
-        self._context = (self._context + self._pending)[-CONTEXT_TOKENS:]
-        self._context_text = self._decode(self._context)
+        self._context += self._pending
         self._pending = []
+        if len(self._context) > 2 * CONTEXT_TOKENS:
+            self._context = self._context[-CONTEXT_TOKENS:]
+            self._context_text = self._decode(self._context)
+        else:
+            self._context_text = full
         return self._release(self._held + new)
 
     def _release(self, text: str) -> str:

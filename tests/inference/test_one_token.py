@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference.decode import decode_one_token, prefill
-from inference.one_token import OneTokenStep
+from inference.one_token import OneTokenStep, transpose_wide_weights
 from model import Transformer
 from tests.helpers import randomize
 from tests.inference.conftest import tiny_config
@@ -107,3 +107,49 @@ def test_a_model_with_forward_hooks_decodes_through_its_modules() -> None:
         handle.remove()
     torch.testing.assert_close(hooked, expected, rtol=0, atol=0)
     assert not torch.allclose(hooked, plain)
+
+
+def test_transposed_wide_weights_keep_values_logits_and_saved_files(tmp_path) -> None:
+    """transpose_wide_weights moves exactly the projections with more outputs than inputs (the SwiGLU up
+    projections and the tied head here), keeps every value and the tie, decodes the same greedy tokens, and a
+    checkpoint saved afterwards has the same tensors as one saved before."""
+    from safetensors.torch import load_file
+
+    from model.checkpoint import WEIGHTS, save_model_checkpoint
+
+    model = random_model(tie_embeddings=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    save_model_checkpoint(tmp_path / "before", model)
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(4))
+    plain_logits, _ = run(model, OneTokenStep(), tokens, None)
+
+    assert transpose_wide_weights(model) == 2 * model.cfg.n_layers + 1  # w1, w3 per layer, and the head
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    moved = model.layers[0].feed_forward.w1.weight
+    assert moved.t().is_contiguous() and not moved.is_contiguous()
+    assert model.layers[0].feed_forward.w2.weight.is_contiguous()  # 704 -> 256: left as it was
+    assert model.output.weight is model.tok_embeddings.weight
+
+    fast_logits, _ = run(model, OneTokenStep(), tokens, None)
+    full_logits, _ = run(model, decode_one_token, tokens, None)
+    for fast, full, plain in zip(fast_logits, full_logits, plain_logits, strict=True):
+        torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+        assert torch.equal(fast.argmax(-1), plain.argmax(-1))
+    save_model_checkpoint(tmp_path / "after", model)
+    saved, again = load_file(tmp_path / "before" / WEIGHTS), load_file(tmp_path / "after" / WEIGHTS)
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+
+
+def test_generator_from_checkpoint_uses_the_transposed_layout_on_cpu(memorized_ckpt) -> None:
+    """The CLI's loader moves the wide projections; its greedy tokens are those of the model as saved."""
+    from inference import Generator
+    from model.checkpoint import load_model
+
+    gen = Generator.from_checkpoint(memorized_ckpt, device="cpu")
+    assert gen.model.layers[0].feed_forward.w1.weight.t().is_contiguous()
+    as_saved = Generator(load_model(memorized_ckpt, "cpu", torch.float32)[0], gen.tokenizer)
+    assert not as_saved.model.layers[0].feed_forward.w1.weight.t().is_contiguous()
+    prompts = [gen.encode(p) for p in ("The", "a b", "Hello")]
+    assert gen.generate_ids(prompts, 24) == as_saved.generate_ids(prompts, 24)

@@ -11,6 +11,7 @@ from inference.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     min_p_filter,
+    sample_from_logits,
     top_k_filter,
     top_p_filter,
 )
@@ -80,6 +81,24 @@ def test_draws_follow_the_softmax() -> None:
     tokens = Sampler(SamplingParams(temperature=1.0), [[]] * 40000, 4, "cpu", seed=5)(logits)
     freq = torch.bincount(tokens, minlength=4).float() / 40000
     assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01)
+
+
+@pytest.mark.parametrize("u", [0.0, 1 - 2**-24, 0.5])
+def test_extreme_uniform_draws_never_pick_a_dropped_token(monkeypatch, u: float) -> None:
+    """The inverse-transform draw at u = 0, the largest u below 1 and in between: tokens of probability zero at
+    either end and in the middle are never chosen (their cumulative sum equals their neighbour's)."""
+    logits = torch.tensor([[float("-inf"), -50.0, 2.0, float("-inf"), 1.0, -60.0, float("-inf")]])
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, u, device=kw.get("device")))
+    token = sample_from_logits(logits, torch.Generator()).item()
+    assert torch.isfinite(logits[0, token])
+    assert token == (2 if u > 0 else 4)  # u -> 1 takes the first token of real mass, u = 0 the last one
+
+
+def test_many_draws_never_pick_a_dropped_token() -> None:
+    logits = random_logits(1, seed=11).expand(20000, V).clone()
+    logits[:, [0, 7, V - 1]] = float("-inf")
+    tokens = Sampler(SamplingParams(temperature=1.0), [[]] * 20000, V, "cpu", seed=3)(logits)
+    assert not set(tokens.tolist()) & {0, 7, V - 1}
 
 
 def test_temperature_zero_is_argmax_and_low_temperature_approaches_it() -> None:

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference.errors import GenerationError
-from inference.streaming import REPLACEMENT, TextStream
+from inference.streaming import CONTEXT_TOKENS, REPLACEMENT, TextStream
 from Tokenizer import Tokenizer
 
 MULTIBYTE = "Hello 🎉 world, 你好世界! Café ☕ and 😀👍🏽 done. 🇯🇵"
@@ -84,3 +84,22 @@ def test_pieces_join_to_the_text_for_any_string(tokenizer: Tokenizer, text: str,
     cut = text.find(stop) if stop else -1
     expected = text if cut < 0 else text[:cut]
     assert "".join(pieces) == stream.text == expected
+
+
+def test_long_streams_join_exactly_and_decode_about_once_per_token(tokenizer: Tokenizer) -> None:
+    """Many context cuts (every CONTEXT_TOKENS tokens): the pieces still join to the text, word-initial spaces
+    and multi-byte characters included, at about one tokenizer decode per token."""
+    text = " ".join([MULTIBYTE, "the quick brown fox jumps over the lazy dog"] * 6)
+    calls = []
+
+    def decode(ids: list[int]) -> str:
+        calls.append(len(ids))
+        return tokenizer.decode(ids)
+
+    prompt_ids = tokenizer.encode("Hello")
+    ids = tokenizer.encode("Hello" + text)[len(prompt_ids):]
+    stream = TextStream(decode, prompt_ids)
+    pieces = [stream.push(token) for token in ids] + [stream.finish("length")]
+    assert "".join(pieces) == stream.text == tokenizer.decode(tokenizer.encode("Hello" + text))[len("Hello"):]
+    assert len(ids) > 100 and len(calls) <= 1.25 * len(ids) + 1
+    assert max(calls) <= 2 * CONTEXT_TOKENS + 4  # the context, and at most the 4 byte tokens of one character
