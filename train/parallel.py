@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core.device import resolve_device
+from core.device import cpu_has_native_bf16, resolve_device
 from core.errors import ConfigError, UserError
 from model.checkpoint import drop_tied_head, restore_tied_head
 from train.config import TrainConfig
@@ -106,10 +106,14 @@ def resolve_plan(train: TrainConfig, world: World) -> Plan:
 
 
 def resolve_precision(pref: str, device: torch.device, parallel: str = "none") -> str:
-    """`auto` means bf16 on GPUs that support it, else fp32. Also checks the choice fits the device and the
-    parallel mode (the resolved one, see resolve_parallel)."""
+    """`auto` means bf16 autocast on GPUs that support it and on CPUs with native bf16 (AVX512-BF16 or AMX,
+    core.device.cpu_has_native_bf16), else fp32: an emulated bf16 step is slower than fp32, not faster. The
+    rule reads the hardware, not a timing, so every rank and every resume on the same machine type agrees.
+    Also checks the choice fits the device and the parallel mode (the resolved one, see resolve_parallel)."""
     if pref == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if pref == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision=fp16 needs a GPU (use bf16 or fp32 on CPU)")
     if pref == "fp16" and parallel == "fsdp":
