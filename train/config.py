@@ -32,7 +32,7 @@ class TrainConfig:
     out_dir: str | None = None  # run directory; None: out/<config file name>
     seed: int = 1337  # seeds model init, data order and dropout
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs and CPUs with native bf16, else fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs, CPUs with native bf16; else fp32
     batch_size: int = 32  # global batch in sequences per optimizer step (all ranks, all micro batches)
     micro_batch_size: int = 8  # sequences per forward pass on one rank; accumulation steps are derived
     seq_len: int = 256  # tokens per training sequence (<= model.max_seq_len)
