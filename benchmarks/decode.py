@@ -12,7 +12,7 @@ exactly --new-tokens tokens, every way:
                       piece by piece to a sink, then the speed line; the prompt is the random tokens as text. It
                       samples, so its tokens are not compared, and EOS may end it early (rates use the tokens made)
     kv-cache          our prefill + eager one-token decode loop (int positions), greedy, with the CPU weight
-                      layout of the CLI's loader (inference/one_token.py: transpose_wide_weights)
+                      layout of the CLI's loader (inference/one_token.py: decode_layout)
     kv-cache+compile  the same with the decode step compiled (static cache; CUDA graphs on GPU)
     no-kv-cache       our model re-run over the whole context at every step
     hf generate       the same weights exported with scripts/convert_hf.py, run by transformers' generate()
@@ -60,7 +60,7 @@ from core.sources import iter_documents  # noqa: E402
 from inference import cli as inference_cli  # noqa: E402
 from inference.decode import COMPILE_FAILED, DecodeStep, generate_tokens  # noqa: E402
 from inference.generator import Generator  # noqa: E402
-from inference.one_token import transpose_wide_weights  # noqa: E402
+from inference.one_token import decode_layout  # noqa: E402
 from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
 from model.checkpoint import TOKENIZER, load_model, save_model_checkpoint  # noqa: E402
@@ -100,14 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Transformer:
     """The checkpoint's model, or a seeded random model of the config's model section; on CPU with the weight
-    layout Generator.from_checkpoint gives it (transpose_wide_weights), so our rows decode as the CLI does."""
+    layout Generator.from_checkpoint gives it (decode_layout), so our rows decode as the CLI does."""
     if args.checkpoint:
         model = load_model(args.checkpoint, device, dtype)[0]
     else:
         torch.manual_seed(0)
         model = Transformer(load_config(args.config).model).to(device=device, dtype=dtype).eval()
     if device.type == "cpu":
-        transpose_wide_weights(model)
+        decode_layout(model)
     return model
 
 

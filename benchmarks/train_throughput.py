@@ -6,9 +6,11 @@ tokens after a warmup, at the config's own settings (precision, compile). Beside
 transformers' LlamaForCausalLM (exported with scripts/convert_hf.py) take the same step (forward with labels,
 backward, clipping, torch AdamW with the same settings), once in fp32 and once under bf16 autocast
 (--peer-precisions). All take turns, run by run, so load from elsewhere falls on each alike. The table shows the
-median step of each, how many times faster ours is than each peer row (ours_speedup), the achieved FLOP/s and its
-share of a matmul peak measured on the spot (a large fp32 or bf16 GEMM), and peak memory. JSON goes under
-benchmarks/results/.
+median step of each, its first step (compilation when on), how many times faster ours is than each peer row
+(ours_speedup), the achieved FLOP/s and its share of a matmul peak measured on the spot (a large fp32 or bf16
+GEMM), and peak memory. It also times the step's matmuls and attention alone at its shapes (matmul_floor):
+floor_ratio is each step over that floor, and peer step / floor bounds what any implementation can gain in fp32.
+JSON goes under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -54,6 +56,48 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, repeats: in
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def matmul_floor(cfg: Config, model: torch.nn.Module, device: torch.device, repeats: int = 3) -> float:
+    """Seconds of the step's unavoidable work alone, measured here: for every nn.Linear of the model its three
+    matmuls (forward, input gradient, weight gradient) at the step's token count, plus one attention forward
+    and backward (SDPA, causal, grouped-query) per layer; best of `repeats`. No norm, activation, loss,
+    optimizer or framework code: no implementation of this model at this precision is faster, so
+    peer_step / floor bounds the speedup any of them can have over the peer."""
+    t, m = cfg.train, cfg.model
+    tokens = t.micro_batch_size * t.seq_len
+    dtype = torch.float32  # the fp32 floor (the measured peers run their weights in fp32)
+    mats = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            n_in, n_out = module.in_features, module.out_features
+            mats.append((torch.randn(tokens, n_in, device=device, dtype=dtype),
+                         torch.randn(n_out, n_in, device=device, dtype=dtype),
+                         torch.randn(tokens, n_out, device=device, dtype=dtype)))
+    shape = (t.micro_batch_size, m.n_heads, t.seq_len, m.head_dim)
+    q = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    kv_shape = (t.micro_batch_size, m.kv_heads, t.seq_len, m.head_dim)
+    k = torch.randn(kv_shape, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(kv_shape, device=device, dtype=dtype, requires_grad=True)
+
+    def work() -> None:
+        for x, w, g in mats:
+            x @ w.t()
+            g @ w
+            g.t() @ x
+        for _ in range(m.n_layers):
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            y.backward(torch.ones_like(y))
+
+    work()
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        work()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best * cfg.grad_accum_steps()
 
 
 def hf_peer(cfg: Config, engine, tmp: Path, precision: str):
@@ -113,6 +157,7 @@ def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) ->
         for p in peer_precisions:
             runners[f"transformers {p}"] = hf_peer(cfg, engine, Path(tmp) / p, p)
         times: dict[str, list[float]] = {name: [] for name in runners}
+        first: dict[str, float] = {}  # the first step: compilation (if on) and first-touch allocations
         for i in range(warmup + steps):
             for name, run in runners.items():  # turns, so outside load falls on both alike
                 data = batches()
@@ -120,11 +165,14 @@ def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) ->
                 start = time.perf_counter()
                 run(data)
                 sync(device)
+                if i == 0:
+                    first[name] = time.perf_counter() - start
                 if i >= warmup:
                     times[name].append(time.perf_counter() - start)
     tokens = t.batch_size * t.seq_len
     flops_per_token = raw.flops_per_token(t.seq_len)
     measured_peak = matmul_peak(device, precision)
+    floor = matmul_floor(cfg, raw, device)
     table_peak = resolve_peak_flops(cfg, device)
     if device.type == "cuda":
         mem_gb = torch.cuda.max_memory_allocated(device) / 2**30
@@ -143,6 +191,8 @@ def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) ->
             "batch_tokens": tokens,
             "step_time_s": step_time,
             "step_time_mean_s": statistics.fmean(samples),
+            "first_step_s": first[name],
+            "floor_ratio": step_time / floor,
             "tokens_per_sec": tps,
             "tflops": tps * flops_per_token / 1e12,
             "of_matmul_peak": tps * flops_per_token / measured_peak,
@@ -150,7 +200,7 @@ def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) ->
         })
     for row in rows[1:]:  # ours is this many times faster than each peer row
         row["ours_speedup"] = row["step_time_s"] / rows[0]["step_time_s"]
-    return {"rows": rows, "matmul_peak_tflops": measured_peak / 1e12, "peak_mem_GiB": mem_gb,
+    return {"rows": rows, "matmul_peak_tflops": measured_peak / 1e12, "matmul_floor_s": floor, "peak_mem_GiB": mem_gb,
             "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS (both)"}
 
 
@@ -177,7 +227,12 @@ def report(args: argparse.Namespace) -> None:
     print(f"train step: {args.config} {' '.join(args.overrides)}; torch {env['torch']}, {env['torch_threads']} "
           f"threads, commit {env['commit']}; matmul peak measured here {result['matmul_peak_tflops']:.3f} TFLOP/s")
     print_table(result["rows"], ["impl", "device", "precision", "compile", "params_M", "batch_tokens",
-                                 "step_time_s", "tokens_per_sec", "tflops", "of_matmul_peak", "ours_speedup"])
+                                 "step_time_s", "first_step_s", "tokens_per_sec", "tflops", "of_matmul_peak",
+                                 "floor_ratio", "ours_speedup"])
+    floor = result["matmul_floor_s"]
+    print(f"fp32 matmul + attention floor of this step, measured here: {floor:.3f} s; the most any implementation "
+          f"can beat each peer by in fp32: " + ", ".join(
+              f"{r['impl']} {r['step_time_s'] / floor:.2f}x" for r in result["rows"][1:] if r["precision"] == "fp32"))
     print(f"peak memory ({result['peak_mem_kind']}): {result['peak_mem_GiB']:.2f} GiB")
     device = result["rows"][0]["device"].replace(":", "")
     name = f"train_throughput-{Path(cfg.train.out_dir).name}-{device}"

@@ -19,7 +19,7 @@ from core.errors import CheckpointError
 from inference.chat import fit_chat, reply_end_ids
 from inference.decode import DecodeStep, generate_tokens, left_pad
 from inference.errors import GenerationError, PromptTruncatedWarning
-from inference.one_token import transpose_wide_weights
+from inference.one_token import decode_layout
 from inference.sampling import Sampler, SamplingParams
 from inference.streaming import TextStream
 from model import Transformer
@@ -69,7 +69,7 @@ class Generator:
         dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev, "dtype")
         model, ckpt_dir = load_model(path, dev, dtype)
         if dev.type == "cpu":
-            transpose_wide_weights(model)  # this model is only decoded: the layout batch-1 mat-vecs read fastest
+            decode_layout(model)  # this model is only decoded: the layout batch-1 mat-vecs read fastest
         if not (ckpt_dir / TOKENIZER).is_dir():
             raise CheckpointError(f"checkpoint {ckpt_dir} has no {TOKENIZER}/ directory: cannot turn text into tokens")
         return cls(model, load_tokenizer(ckpt_dir / TOKENIZER), compile=compile, use_kv_cache=use_kv_cache)

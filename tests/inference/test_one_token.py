@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference.decode import decode_one_token, prefill
-from inference.one_token import OneTokenStep, transpose_wide_weights
+from inference.one_token import OneTokenStep, decode_layout
 from model import Transformer
 from tests.helpers import randomize
 from tests.inference.conftest import tiny_config
@@ -109,47 +109,64 @@ def test_a_model_with_forward_hooks_decodes_through_its_modules() -> None:
     assert not torch.allclose(hooked, plain)
 
 
-def test_transposed_wide_weights_keep_values_logits_and_saved_files(tmp_path) -> None:
-    """transpose_wide_weights moves exactly the projections with more outputs than inputs (the SwiGLU up
-    projections and the tied head here), keeps every value and the tie, decodes the same greedy tokens, and a
-    checkpoint saved afterwards has the same tensors as one saved before."""
+@pytest.mark.parametrize("overrides", [{"tie_embeddings": True}, {"n_kv_heads": 1}], ids=["tied", "mqa"])
+def test_decode_layout_keeps_values_logits_and_saved_files(tmp_path, overrides: dict) -> None:
+    """decode_layout puts q/k/v and w1/w3 side by side in transposed buffers and transposes the head, keeping
+    every value, shape, name and the tie; the step then uses the fused matmuls, decodes what the full forward
+    does (batch 2, so the column slices are not contiguous) and what the model decoded before, and a checkpoint
+    saved afterwards holds the same tensors as one saved before."""
     from safetensors.torch import load_file
 
+    from inference.one_token import side_by_side
     from model.checkpoint import WEIGHTS, save_model_checkpoint
 
-    model = random_model(tie_embeddings=True)
+    model = random_model(**overrides)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     save_model_checkpoint(tmp_path / "before", model)
     tokens = torch.randint(0, model.cfg.vocab_size, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(4))
     plain_logits, _ = run(model, OneTokenStep(), tokens, None)
+    step = OneTokenStep()
+    step._prepare(model)
+    assert all(layer.wqkv is None and layer.w13 is None for layer in step._layers)
 
-    assert transpose_wide_weights(model) == 2 * model.cfg.n_layers + 1  # w1, w3 per layer, and the head
+    decode_layout(model)
+    assert model.state_dict().keys() == before.keys()
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
-    moved = model.layers[0].feed_forward.w1.weight
-    assert moved.t().is_contiguous() and not moved.is_contiguous()
-    assert model.layers[0].feed_forward.w2.weight.is_contiguous()  # 704 -> 256: left as it was
-    assert model.output.weight is model.tok_embeddings.weight
+    attn, ffn = model.layers[0].attention, model.layers[0].feed_forward
+    qkv = side_by_side([attn.wq.weight.t(), attn.wk.weight.t(), attn.wv.weight.t()])
+    assert qkv is not None and qkv.is_contiguous() and qkv.shape == (model.cfg.dim, attn.wq.out_features + 2 *
+                                                                    attn.wk.out_features)
+    assert side_by_side([ffn.w1.weight.t(), ffn.w3.weight.t()]) is not None
+    assert side_by_side([ffn.w1.weight.t(), attn.wq.weight.t()]) is None  # different buffers
+    assert model.output.weight.t().is_contiguous()
+    assert model.output.weight is model.tok_embeddings.weight or not model.cfg.tie_embeddings
+    step._prepare(model)
+    assert all(layer.wqkv is not None and layer.w13 is not None for layer in step._layers)
 
-    fast_logits, _ = run(model, OneTokenStep(), tokens, None)
-    full_logits, _ = run(model, decode_one_token, tokens, None)
+    fast_logits, fast_cache = run(model, OneTokenStep(), tokens, None)
+    full_logits, full_cache = run(model, decode_one_token, tokens, None)
     for fast, full, plain in zip(fast_logits, full_logits, plain_logits, strict=True):
         torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
         assert torch.equal(fast.argmax(-1), plain.argmax(-1))
+    for (fk, fv), (k, v) in zip(fast_cache, full_cache, strict=True):
+        torch.testing.assert_close(fk, k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fv, v, rtol=1e-5, atol=1e-5)
     save_model_checkpoint(tmp_path / "after", model)
     saved, again = load_file(tmp_path / "before" / WEIGHTS), load_file(tmp_path / "after" / WEIGHTS)
     assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
 
 
 def test_generator_from_checkpoint_uses_the_transposed_layout_on_cpu(memorized_ckpt) -> None:
-    """The CLI's loader moves the wide projections; its greedy tokens are those of the model as saved."""
+    """The CLI's loader applies decode_layout; its greedy tokens are those of the model as saved."""
     from inference import Generator
     from model.checkpoint import load_model
 
     gen = Generator.from_checkpoint(memorized_ckpt, device="cpu")
-    assert gen.model.layers[0].feed_forward.w1.weight.t().is_contiguous()
+    ffn = gen.model.layers[0].feed_forward
+    assert ffn.w1.weight.t().storage_offset() + ffn.w1.out_features == ffn.w3.weight.t().storage_offset()
     as_saved = Generator(load_model(memorized_ckpt, "cpu", torch.float32)[0], gen.tokenizer)
-    assert not as_saved.model.layers[0].feed_forward.w1.weight.t().is_contiguous()
+    assert as_saved.model.layers[0].feed_forward.w1.weight.is_contiguous()
     prompts = [gen.encode(p) for p in ("The", "a b", "Hello")]
     assert gen.generate_ids(prompts, 24) == as_saved.generate_ids(prompts, 24)
