@@ -63,7 +63,7 @@ from inference.generator import Generator  # noqa: E402
 from inference.one_token import decode_layout  # noqa: E402
 from inference.sampling import Sampler, SamplingParams  # noqa: E402
 from model import Transformer  # noqa: E402
-from model.checkpoint import TOKENIZER, load_model, save_model_checkpoint  # noqa: E402
+from model.checkpoint import TOKENIZER, find_checkpoint, load_model, save_model_checkpoint  # noqa: E402
 from Tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from train.config import load_config  # noqa: E402
 
@@ -126,7 +126,7 @@ def cli_checkpoint(args: argparse.Namespace, model: Transformer, tmp: Path) -> P
     """A checkpoint directory with a tokenizer for the run_inference defaults row: --checkpoint's own, or the
     random weights saved with a tokenizer of the model's vocabulary trained on the built-in corpus."""
     if args.checkpoint:
-        return Path(args.checkpoint)
+        return find_checkpoint(args.checkpoint)  # a run directory's latest checkpoint, as the CLI takes it
     tokenizer = tmp / "tokenizer"
     train_tokenizer(iter_documents(["builtin:python-stdlib"]), model.cfg.vocab_size, tokenizer, sample_mb=1,
                     progress=False)
