@@ -62,8 +62,9 @@ def matmul_floor(cfg: Config, model: torch.nn.Module, device: torch.device, repe
     """Seconds of the step's unavoidable work alone, measured here: for every nn.Linear of the model its three
     matmuls (forward, input gradient, weight gradient) at the step's token count, plus one attention forward
     and backward (SDPA, causal, grouped-query) per layer; best of `repeats`. No norm, activation, loss,
-    optimizer or framework code: no implementation of this model at this precision is faster, so
-    peer_step / floor bounds the speedup any of them can have over the peer."""
+    optimizer or framework code. An implementation doing this math with the same kernels cannot be faster, so
+    peer_step / floor bounds the speedup it can have over the peer (only other kernels, another precision or
+    less arithmetic could go further)."""
     t, m = cfg.train, cfg.model
     tokens = t.micro_batch_size * t.seq_len
     dtype = torch.float32  # the fp32 floor (the measured peers run their weights in fp32)
