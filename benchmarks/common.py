@@ -16,12 +16,17 @@ if str(ROOT) not in sys.path:
 
 
 def git_commit() -> str:
+    """The checkout's commit (with -dirty for uncommitted changes); where the tree is no git checkout (a copy
+    sent to another machine), $MINI_LLM_COMMIT, else "unknown"."""
+    fallback = os.environ.get("MINI_LLM_COMMIT", "unknown")
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            return fallback
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except OSError:
-        return "unknown"
+        return fallback
 
 
 def environment(device: str | None = None) -> dict:

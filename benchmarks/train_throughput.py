@@ -42,9 +42,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, precision: str, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` n x n x n matmuls in the run's precision: what this device reaches here."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a step's matmuls run in under `precision` (autocast's, or fp32)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
+
+
+def matmul_peak(device: torch.device, precision: str, repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` n x n x n matmuls in the run's precision: what this device reaches here
+    (n = 2048 on a CPU; 8192 on a GPU, large enough to fill it)."""
+    n = 8192 if device.type == "cuda" else 2048
+    dtype = compute_dtype(precision)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm up the kernel choice
@@ -58,16 +65,17 @@ def matmul_peak(device: torch.device, precision: str, n: int = 2048, repeats: in
     return 2 * n**3 / best
 
 
-def matmul_floor(cfg: Config, model: torch.nn.Module, device: torch.device, repeats: int = 3) -> float:
+def matmul_floor(cfg: Config, model: torch.nn.Module, device: torch.device, precision: str, repeats: int = 3) -> float:
     """Seconds of the step's unavoidable work alone, measured here: for every nn.Linear of the model its three
     matmuls (forward, input gradient, weight gradient) at the step's token count, plus one attention forward
-    and backward (SDPA, causal, grouped-query) per layer; best of `repeats`. No norm, activation, loss,
-    optimizer or framework code. An implementation doing this math with the same kernels cannot be faster, so
-    peer_step / floor bounds the speedup it can have over the peer (only other kernels, another precision or
-    less arithmetic could go further)."""
+    and backward (SDPA, causal, grouped-query) per layer, in the step's compute dtype (fp32, or autocast's bf16 or
+    fp16); best of `repeats`. No norm, activation, loss, optimizer or framework code. An implementation doing
+    this math with the same kernels cannot be faster, so a peer's step / floor, for a peer in the same precision,
+    bounds the speedup it can have over that peer (only other kernels, another precision or less arithmetic
+    could go further)."""
     t, m = cfg.train, cfg.model
     tokens = t.micro_batch_size * t.seq_len
-    dtype = torch.float32  # the fp32 floor (the measured peers run their weights in fp32)
+    dtype = compute_dtype(precision)
     mats = []
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -170,15 +178,18 @@ def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) ->
                     first[name] = time.perf_counter() - start
                 if i >= warmup:
                     times[name].append(time.perf_counter() - start)
+        if device.type == "cuda":  # ours and the peers together, before the floor's buffers below
+            mem_gb = torch.cuda.max_memory_allocated(device) / 2**30
+        else:
+            mem_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+        runners.clear()  # the peers' models and optimizer states: free their memory for the floor
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     tokens = t.batch_size * t.seq_len
     flops_per_token = raw.flops_per_token(t.seq_len)
     measured_peak = matmul_peak(device, precision)
-    floor = matmul_floor(cfg, raw, device)
+    floor = matmul_floor(cfg, raw, device, precision)
     table_peak = resolve_peak_flops(cfg, device)
-    if device.type == "cuda":
-        mem_gb = torch.cuda.max_memory_allocated(device) / 2**30
-    else:
-        mem_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     rows = []
     for name, samples in times.items():
         step_time = statistics.median(samples)
@@ -202,7 +213,7 @@ def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) ->
     for row in rows[1:]:  # ours is this many times faster than each peer row
         row["ours_speedup"] = row["step_time_s"] / rows[0]["step_time_s"]
     return {"rows": rows, "matmul_peak_tflops": measured_peak / 1e12, "matmul_floor_s": floor, "peak_mem_GiB": mem_gb,
-            "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS (both)"}
+            "peak_mem_kind": "cuda max allocated, all rows" if device.type == "cuda" else "process max RSS, all rows"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,9 +242,11 @@ def report(args: argparse.Namespace) -> None:
                                  "step_time_s", "first_step_s", "tokens_per_sec", "tflops", "of_matmul_peak",
                                  "floor_ratio", "ours_speedup"])
     floor = result["matmul_floor_s"]
-    print(f"fp32 matmul + attention floor of this step, measured here: {floor:.3f} s; the most any implementation "
-          f"can beat each peer by in fp32: " + ", ".join(
-              f"{r['impl']} {r['step_time_s'] / floor:.2f}x" for r in result["rows"][1:] if r["precision"] == "fp32"))
+    precision = result["rows"][0]["precision"]
+    print(f"{precision} matmul + attention floor of this step, measured here: {floor:.3f} s; the most any "
+          f"implementation can beat each peer by in {precision}: " + (", ".join(
+              f"{r['impl']} {r['step_time_s'] / floor:.2f}x" for r in result["rows"][1:]
+              if r["precision"] == precision) or "(no peer row in that precision)"))
     print(f"peak memory ({result['peak_mem_kind']}): {result['peak_mem_GiB']:.2f} GiB")
     device = result["rows"][0]["device"].replace(":", "")
     name = f"train_throughput-{Path(cfg.train.out_dir).name}-{device}"
