@@ -57,7 +57,8 @@ model.max_seq_len=2048"
 step "train gpt2-small" 100 "$B" $PY benchmarks/train_throughput.py --config configs/gpt2-small.yaml $SEQ \
     train.micro_batch_size=16 train.batch_size=16 --peer-precisions bf16 --out "$OUT/train-gpt2-small.json"
 step "decode 1b" 150 "$B" $PY benchmarks/decode.py --config configs/1b.yaml --device cuda --dtype bf16 \
-    --batch-sizes 1 8 --repeats 3 --no-cache-repeats 0 --compile on --no-defaults --out "$OUT/decode-1b.json"
+    --batch-sizes 1 --new-tokens 128 --repeats 2 --no-cache-repeats 0 --compile on --no-defaults \
+    --out "$OUT/decode-1b.json"
 step "train 350m" 80 "$B" $PY benchmarks/train_throughput.py --config configs/350m.yaml $SEQ \
     train.micro_batch_size=16 train.batch_size=16 --no-hf --out "$OUT/train-350m.json"
 step "train 1b" 150 "$B" $PY benchmarks/train_throughput.py --config configs/1b.yaml $SEQ \

@@ -146,8 +146,6 @@ def hf_peer(cfg: Config, engine, tmp: Path, precision: str):
 def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) -> dict:
     plan = resolve_plan(cfg.train, World())
     device, precision = plan.device, plan.precision
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     engine = build_engine(cfg, plan)
     raw = engine.raw_model
     t = cfg.train

@@ -63,6 +63,7 @@ class Attention(nn.Module):
             # each kv head among its n_rep query heads itself (query head h reads kv head h // n_rep, as
             # repeat_kv), without a copy of k and v per query head; on CUDA flash attention supports it.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=True)
+            y = y.transpose(1, 2)  # (B, T, n_heads, head_dim)
         else:
             # An explicit mask (never is_causal with a cache: with T queries against kv_len keys the causal
             # corner would be wrong). The n_rep query heads that share kv head g (heads g * n_rep + r) become
@@ -72,6 +73,8 @@ class Attention(nn.Module):
             if T > 1:  # rows r * T + t read the mask of t; one row (decode) broadcasts
                 mask = mask.repeat(n_rep, 1) if mask.dim() == 2 else mask.repeat(1, 1, n_rep, 1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-            y = y.view(B, self.n_heads, T, self.head_dim)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads * head_dim)
-        return self.wo(y)
+            # (B, n_kv_heads, n_rep * T, head_dim) -> (B, T, n_kv_heads, n_rep, head_dim): head g * n_rep + r.
+            # Split and permuted, never viewed whole: SDPA's output strides are the kernel's (CUDA's
+            # memory-efficient kernel returns it laid out as (B, n_rep * T, n_kv_heads, head_dim)).
+            y = y.unflatten(2, (n_rep, T)).permute(0, 3, 1, 2, 4)
+        return self.wo(y.reshape(B, T, self.n_heads * self.head_dim))
