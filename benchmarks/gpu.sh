@@ -13,8 +13,10 @@
 #
 # Every step has its own time limit, so one that hangs costs only its own slot. Logs and JSON go to $OUT. Where the
 # tree is a copy without .git, set MINI_LLM_COMMIT to the commit it is, for the JSON's environment record.
+# PARTS=tests or PARTS=bench runs one half only.
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
+PARTS=${PARTS:-all}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -38,6 +40,7 @@ step() {  # step NAME SECONDS LOG COMMAND...: run with a time limit, log, and re
 } >"$OUT/summary.txt" 2>&1
 
 # 1. Correctness: the CUDA tests and the CLI, side by side (neither is timed).
+if [ "$PARTS" != bench ]; then
 step "pytest -m cuda" 240 "$OUT/pytest.log" $PY -m pytest -m cuda -p no:cacheprovider -q \
     tests/train/test_cuda.py tests/inference/test_generator.py tests/distributed/test_mixed_precision.py &
 (
@@ -49,9 +52,12 @@ step "pytest -m cuda" 240 "$OUT/pytest.log" $PY -m pytest -m cuda -p no:cachepro
         --compile --prompt "def fibonacci(n):" --max-new-tokens 200 --temperature 0
 ) &
 wait
+fi
 
 # 2. Speed, one benchmark at a time.
 B="$OUT/bench.log"
+touch "$B" "$OUT/pytest.log" "$OUT/cli.log"
+if [ "$PARTS" != tests ]; then
 SEQ="train.device=cuda train.precision=bf16 train.compile=true train.parallel=none train.seq_len=2048 \
 model.max_seq_len=2048"
 step "train gpt2-small" 100 "$B" $PY benchmarks/train_throughput.py --config configs/gpt2-small.yaml $SEQ \
@@ -64,6 +70,7 @@ step "train 350m" 80 "$B" $PY benchmarks/train_throughput.py --config configs/35
 step "train 1b" 150 "$B" $PY benchmarks/train_throughput.py --config configs/1b.yaml $SEQ \
     train.activation_checkpointing=false train.micro_batch_size=8 train.batch_size=8 --peer-precisions bf16 \
     --out "$OUT/train-1b.json"
+fi
 
 # The short version, last, so it is what a truncated terminal shows.
 {

@@ -125,7 +125,7 @@ class OneTokenStep:
             keys.select(2, pos).copy_(k)
             values.select(2, pos).copy_(v)
             y = F.scaled_dot_product_attention(q, keys[:, :, : pos + 1], values[:, :, : pos + 1], attn_mask=mask)
-            x = residual(x, y.view(B, H * D), layer.wo)
+            x = residual(x, y.reshape(B, H * D), layer.wo)  # SDPA may return it in any layout (CUDA does)
             h = layer.ffn_norm(x)
             if layer.w13 is not None:
                 gate, up = torch.mm(h, layer.w13).chunk(2, dim=-1)

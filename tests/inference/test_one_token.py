@@ -8,7 +8,7 @@ import torch
 from inference.decode import decode_one_token, prefill
 from inference.one_token import OneTokenStep, decode_layout
 from model import Transformer
-from tests.helpers import randomize
+from tests.helpers import randomize, sdpa_with_transposed_output
 from tests.inference.conftest import tiny_config
 
 PROMPT_LEN, STEPS = 12, 10
@@ -61,6 +61,24 @@ def test_left_padded_rows_follow_their_key_mask() -> None:
     for fast, full, alone in zip(fast_logits, full_logits, alone_logits, strict=True):
         torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast[1:], alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 1}], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("padded", [False, True], ids=["no-mask", "key-mask"])
+def test_decode_takes_sdpa_output_in_any_layout(monkeypatch, overrides: dict, padded: bool) -> None:
+    """CUDA's attention kernels return strided outputs, the CPU's contiguous ones: both decode paths must give
+    the same logits either way."""
+    model = random_model(**overrides)
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(2))
+    key_mask = torch.ones(2, PROMPT_LEN + STEPS, dtype=torch.bool)
+    key_mask[1, :3] = False
+    key_mask = key_mask if padded else None
+    expected = {name: run(model, step, tokens, key_mask)[0]
+                for name, step in (("one token", OneTokenStep()), ("full", decode_one_token))}
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_with_transposed_output)
+    for name, step in (("one token", OneTokenStep()), ("full", decode_one_token)):
+        for got, want in zip(run(model, step, tokens, key_mask)[0], expected[name], strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 def test_bf16_model_matches_its_full_forward() -> None:

@@ -7,6 +7,7 @@ import torch
 
 from model.attention import Attention, repeat_kv
 from model.rope import RotaryEmbedding
+from tests.helpers import sdpa_with_transposed_output
 
 
 def _rope_complex(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -61,16 +62,6 @@ def test_repeat_kv_maps_query_head_to_kv_head_h_div_n_rep():
     assert repeat_kv(x, 1) is x
 
 
-_SDPA = torch.nn.functional.scaled_dot_product_attention
-
-
-def _sdpa_with_transposed_output(*args, **kwargs):
-    """SDPA whose output (B, H, T, D) is laid out as (B, T, H, D) in memory, as CUDA's memory-efficient and
-    flash kernels return it; the values are the same."""
-    y = _SDPA(*args, **kwargs)
-    return y.transpose(1, 2).contiguous().transpose(1, 2)
-
-
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("masked", [False, True], ids=["causal", "key-mask"])
 def test_attention_takes_sdpa_output_in_any_layout(make_config, monkeypatch, n_kv_heads, masked):
@@ -83,7 +74,7 @@ def test_attention_takes_sdpa_output_in_any_layout(make_config, monkeypatch, n_k
     cos, sin = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)(positions)
     mask = torch.ones(7, 7, dtype=torch.bool).tril()[None, None].expand(2, 1, 7, 7) if masked else None
     expected = attn(x, cos, sin, positions, mask)
-    monkeypatch.setattr("model.attention.F.scaled_dot_product_attention", _sdpa_with_transposed_output)
-    assert not _sdpa_with_transposed_output(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4),
+    monkeypatch.setattr("model.attention.F.scaled_dot_product_attention", sdpa_with_transposed_output)
+    assert not sdpa_with_transposed_output(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4),
                                             torch.randn(1, 2, 3, 4)).is_contiguous()
     torch.testing.assert_close(attn(x, cos, sin, positions, mask), expected, rtol=0, atol=1e-6)
