@@ -16,9 +16,11 @@ if str(ROOT) not in sys.path:
 
 
 def git_commit() -> str:
-    """The checkout's commit (with -dirty for uncommitted changes); where the tree is no git checkout (a copy
-    sent to another machine), $MINI_LLM_COMMIT, else "unknown"."""
-    fallback = os.environ.get("MINI_LLM_COMMIT", "unknown")
+    """$MINI_LLM_COMMIT when set (a copy of the tree sent to another machine, whose .git, if any, may be stale),
+    else the checkout's commit (with -dirty for uncommitted changes), else "unknown"."""
+    if os.environ.get("MINI_LLM_COMMIT"):
+        return os.environ["MINI_LLM_COMMIT"]
+    fallback = "unknown"
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         if out.returncode != 0:

@@ -12,7 +12,7 @@
 #    decode of 1b in bf16 against the bandwidth bound and transformers' generate() (benchmarks/decode.py).
 #
 # Every step has its own time limit, so one that hangs costs only its own slot. Logs and JSON go to $OUT. Where the
-# tree is a copy without .git, set MINI_LLM_COMMIT to the commit it is, for the JSON's environment record.
+# tree is a copy (its .git missing or stale), set MINI_LLM_COMMIT to the commit it is, for the environment record.
 # PARTS=tests or PARTS=bench runs one half only.
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
@@ -33,7 +33,7 @@ step() {  # step NAME SECONDS LOG COMMAND...: run with a time limit, log, and re
 
 {
     date -u
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo "${MINI_LLM_COMMIT:-unknown}")"
+    echo "commit ${MINI_LLM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'transformers', transformers.__version__, torch.cuda.get_device_name())"

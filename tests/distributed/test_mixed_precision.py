@@ -44,5 +44,7 @@ def test_fsdp_bf16_policy(tmp_path, tiny_data, device):
     assert {t.dtype for t in weights.values()} == {torch.float32}
     plain, fsdp = losses(tmp_path / "plain"), losses(tmp_path / "fsdp")
     assert plain.keys() == fsdp.keys() == {1, 2, 3, 4}
-    for step in plain:  # bf16 residual stream under FSDP vs fp32 under autocast: close, not equal
-        assert fsdp[step] == pytest.approx(plain[step], abs=0.05)
+    # bf16 residual stream under FSDP vs fp32 under autocast: close, not equal. All steps in one assertion, so a
+    # failure shows every step's pair.
+    gaps = {step: round(abs(fsdp[step] - plain[step]), 4) for step in plain}
+    assert max(gaps.values()) <= 0.05, f"per-step |loss gap| {gaps}: fsdp {fsdp}, plain {plain}"
