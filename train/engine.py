@@ -229,7 +229,9 @@ def build_engine(cfg: Config, plan: Plan, weights_from: Path | None = None) -> E
 
     Under FSDP the model is sharded while still on the meta device, so no GPU ever holds all of it: rank 0
     makes the full weights on the CPU (the seeded init, or the checkpoint's) and each rank loads its shards.
-    Otherwise every rank inits the same seeded weights; a checkpoint is read by rank 0 and broadcast.
+    Otherwise every rank inits the same seeded weights, also on the CPU, then moves them to its device; a
+    checkpoint is read by rank 0 and broadcast. So a seed gives the same initial weights on any device and under
+    any parallelism (a GPU's random generator draws other numbers than the CPU's).
     """
     world = plan.world
     if plan.device.type == "cuda":
@@ -248,9 +250,10 @@ def build_engine(cfg: Config, plan: Plan, weights_from: Path | None = None) -> E
         torch.set_rng_state(broadcast_object(world, torch.get_rng_state()))
         wrapped = model
     else:
-        model.to_empty(device=plan.device)
+        model.to_empty(device="cpu")
         torch.manual_seed(cfg.train.seed)
         model.init_weights()
+        model.to(plan.device)  # in place: tied weights stay tied
         if weights_from is not None:
             weights = on_main(world, lambda: checkpoint_weights(cfg, weights_from))
             load_full_model_state(model, weights or {})

@@ -41,6 +41,32 @@ def test_gpu_training_learns_and_saves_clean_weights(tmp_path, tiny_data, precis
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def initial_weights(cfg) -> dict[str, torch.Tensor]:
+    """The engine's initial weights for cfg, full and on the CPU (FSDP's gathered from their shards)."""
+    from train.engine import build_engine
+    from train.parallel import World, close_world, init_world, resolve_plan
+
+    fsdp = cfg.train.parallel == "fsdp"
+    world = init_world(cfg.train.device, cfg.train.parallel) if fsdp else World()
+    try:
+        state = build_engine(cfg, resolve_plan(cfg.train, world)).raw_model.state_dict()
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in state.items()}
+    finally:
+        if fsdp:
+            close_world()
+
+
+@pytest.mark.parametrize("parallel", ["none", "fsdp"])
+def test_a_seed_gives_the_cpu_initial_weights_on_the_gpu(tmp_path, tiny_data, parallel):
+    """The init is drawn on the CPU on every path, so a GPU run, plain or FSDP, starts where a CPU run does
+    (the CUDA generator draws other numbers than the CPU's for the same seed)."""
+    cpu = initial_weights(tiny_config(tmp_path / "cpu", tiny_data, "train.device=cpu"))
+    gpu = initial_weights(tiny_config(tmp_path / "gpu", tiny_data, "train.device=cuda", f"train.parallel={parallel}"))
+    assert cpu.keys() == gpu.keys()
+    for name in cpu:
+        assert torch.equal(cpu[name], gpu[name]), name
+
+
 def test_resume_is_exact_on_gpu(tmp_path, tiny_data):
     args = ("train.device=cuda", "train.precision=bf16", "train.max_steps=8", "train.save_interval=4",
             "train.eval_interval=4")
