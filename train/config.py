@@ -57,6 +57,9 @@ class TrainConfig:
     # pretraining: attention never crosses a document boundary (an EOS) inside a training window, and RoPE positions
     # restart at each document (model/documents.py); fine-tuning on conversations always does this when packing
     document_masking: bool = False
+    # every epoch after the first cuts the train stream into windows at a new seeded offset, so repeated data meets
+    # new contexts (train/dataloader.py); for runs of several epochs over little data. Fixed when a run starts
+    shift_windows: bool = False
     activation_checkpointing: bool = False  # recompute block activations in backward to save memory
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when launched with several processes
     max_bad_steps: int = 5  # stop after this many non-finite steps in a row

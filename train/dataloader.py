@@ -7,6 +7,11 @@ epoch's end; a micro batch may span two epochs). Micro batch b of rank r takes s
 (b * micro_batch_size + j) * world_size + r, so ranks never share a window, the windows of one optimizer step are
 the same whatever the world size and micro batch size, and the position is a single count of windows consumed,
 which resumes exactly, even across a change of world size or micro batch size when the count divides evenly.
+
+With shift_windows, every epoch after the first moves the grid of windows by a seeded offset in [0, seq_len] and
+reads the stream as a circle (the one window that passes its end continues at its start): over many epochs of
+little data, a token meets new contexts and positions instead of the same window every time (nanoGPT samples
+random offsets for the same reason). The first epoch is the same either way.
 """
 
 from __future__ import annotations
@@ -27,16 +32,17 @@ class DataLoader:
     """Endless, deterministic, resumable (x, y) int64 batches of shape (micro_batch_size, seq_len) for one rank."""
 
     def __init__(self, dataset: TokenDataset, micro_batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, document_masking: bool = False):
+                 world_size: int = 1, document_masking: bool = False, shift_windows: bool = False):
         if micro_batch_size <= 0 or seq_len <= 0:
             raise ValueError(f"micro_batch_size and seq_len must be positive, got {micro_batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.dataset, self.micro_batch_size, self.seq_len = dataset, micro_batch_size, seq_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.document_masking = document_masking
+        self.document_masking, self.shift_windows = document_masking, shift_windows
         self.window = seq_len + 1
-        self.n_windows = dataset.num_tokens("train") // self.window
+        self.n_tokens = dataset.num_tokens("train")
+        self.n_windows = self.n_tokens // self.window
         self.windows_per_step = micro_batch_size * world_size  # windows consumed by one micro batch on all ranks
         self.batches_per_epoch = self.n_windows // self.windows_per_step  # whole micro batches in one epoch
         if self.batches_per_epoch == 0:
@@ -54,8 +60,26 @@ class DataLoader:
             self._perms[epoch] = rng.permutation(self.n_windows)
         return self._perms[epoch]
 
-    def _batch(self, split: str, window_ids: np.ndarray) -> tuple[torch.Tensor, ...]:
-        rows = np.stack([self.dataset.read(split, int(w) * self.window, self.window) for w in window_ids])
+    def offset(self, epoch: int) -> int:
+        """Where the grid of windows starts in `epoch`: 0, or with shift_windows after the first epoch a seeded
+        offset in [0, window)."""
+        if not self.shift_windows or epoch == 0:
+            return 0
+        return int(np.random.Generator(np.random.PCG64([self.seed, epoch, 1])).integers(self.window))
+
+    def _train_window(self, start: int) -> np.ndarray:
+        """The window at `start` of the train stream, continuing at its beginning past its end."""
+        tail = self.n_tokens - start
+        if tail >= self.window:
+            return self.dataset.read("train", start, self.window)
+        head = self.dataset.read("train", 0, self.window - tail)
+        return np.concatenate([self.dataset.read("train", start, tail), head])
+
+    def _batch(self, split: str, window_ids: np.ndarray, starts: list[int] | None = None) -> tuple[torch.Tensor, ...]:
+        if starts is None:
+            rows = np.stack([self.dataset.read(split, int(w) * self.window, self.window) for w in window_ids])
+        else:
+            rows = np.stack([self._train_window(s) for s in starts])
         rows = torch.from_numpy(rows.astype(np.int64))
         x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
         if self.document_masking:  # (x, y, doc_ids): attention stays inside each document of a window
@@ -65,9 +89,13 @@ class DataLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) micro batch of this rank; a new epoch starts with a new permutation."""
         positions = range(self.cursor + self.rank, self.cursor + self.windows_per_step, self.world_size)
-        ids = np.array([self._permutation(p // self.n_windows)[p % self.n_windows] for p in positions])
+        epochs = [p // self.n_windows for p in positions]
+        ids = np.array([self._permutation(e)[p % self.n_windows] for e, p in zip(epochs, positions, strict=True)])
         self.cursor += self.windows_per_step
-        return self._batch("train", ids)
+        if not self.shift_windows:
+            return self._batch("train", ids)
+        starts = [self.offset(e) + int(w) * self.window for e, w in zip(epochs, ids, strict=True)]
+        return self._batch("train", ids, starts)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -82,11 +110,14 @@ class DataLoader:
             "consumed": self.cursor % self.n_windows,  # windows of this epoch's permutation used, all ranks
             "seq_len": self.seq_len,
             "n_windows": self.n_windows,
+            "shift_windows": self.shift_windows,
             "dataset": self.dataset.fingerprint,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where state_dict() was taken (the saved seed wins over the constructor's)."""
+        """Continue exactly where state_dict() was taken (the saved seed and shift_windows win over the
+        constructor's: a run keeps the windows it started with; a state from before shift_windows existed has it
+        off)."""
         if state.get("version") != STATE_VERSION:
             raise DataError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
         if state["seq_len"] != self.seq_len:
@@ -101,6 +132,7 @@ class DataLoader:
                             f"is not a whole number of micro batches of {self.micro_batch_size} x "
                             f"{self.world_size} rank(s)")
         self.seed, self._perms, self.cursor = int(state["seed"]), {}, cursor
+        self.shift_windows = bool(state.get("shift_windows", False))
 
     def validation_batches(self, n_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The same up to n_batches (x, y) validation micro batches every call; fewer if the val split is small.

@@ -134,7 +134,8 @@ class Trainer:
                            f"conversation(s) are longer than train.seq_len={t.seq_len}: only their start is used")
         else:
             self.loader = DataLoader(self.dataset, t.micro_batch_size, t.seq_len, seed=t.seed, rank=self.world.rank,
-                                     world_size=self.world.world_size, document_masking=t.document_masking)
+                                     world_size=self.world.world_size, document_masking=t.document_masking,
+                                     shift_windows=t.shift_windows)
         next(iter(self.loader.validation_batches(1)))  # fail now, not at the first evaluation, if val is too small
 
         self.engine: Engine = build_engine(cfg, self.plan, resume_from or init_from)

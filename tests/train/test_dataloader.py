@@ -17,6 +17,9 @@ from core.errors import DataError
 from data.dataset import TokenDataset, check_compatible
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter
 from train.dataloader import DataLoader
+from train.trainer import Trainer
+
+from .conftest import tiny_config
 
 VOCAB = 1 << 20  # > 65,536, so the synthetic shards are uint32 and can hold positions
 
@@ -243,3 +246,51 @@ def test_each_step_takes_the_same_windows_whatever_the_world_size_even_across_ep
     assert (state["epoch"], state["consumed"]) == (1, 4)
     assert _step_windows(dataset, world=1, micro=8, steps=16, state=state)[0] == reference[8:]
     assert _step_windows(dataset, world=4, micro=2, steps=16, state=state)[0] == reference[8:]
+
+
+def test_shifted_windows_move_every_later_epoch_and_wrap_around(dataset):
+    """shift_windows: epoch 0 is the plain loader's; each later epoch's windows start at a seeded offset in
+    [0, 17) and read the stream as a circle, still one contiguous window each, all 60 of them."""
+    n = 60 * 17 + 5
+    shifted = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=3, shift_windows=True)
+    plain = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=3)
+    offsets, wrapped = [], 0
+    for epoch in range(8):
+        batches = [shifted.next_batch() for _ in range(15)]
+        plain_starts = [s for _ in range(15) for s in starts(plain.next_batch())]
+        offset = shifted.offset(epoch)
+        offsets.append(offset)
+        assert 0 <= offset < 17 and (epoch > 0 or offset == 0)
+        assert sorted(s for b in batches for s in starts(b)) == [offset + 17 * i for i in range(60)]
+        assert [s - offset for b in batches for s in starts(b)] == plain_starts  # the same order of windows
+        for x, y in batches:
+            assert torch.equal(x, (x[:, :1] + torch.arange(16)) % n)
+            assert torch.equal(y, (x + 1) % n)
+            wrapped += int((x[:, 0] + 16 >= n).sum())
+    assert len(set(offsets[1:])) > 1  # the offset changes from epoch to epoch
+    assert wrapped == sum(o > 5 for o in offsets)  # the last window wraps when the offset passes the 5 spare tokens
+    again = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=3, shift_windows=True)
+    other = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=4, shift_windows=True)
+    assert [again.offset(e) for e in range(8)] == offsets != [other.offset(e) for e in range(8)]
+
+
+def test_shifted_windows_resume_exactly_and_stay_as_the_run_began(dataset):
+    straight = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=1, shift_windows=True)
+    for _ in range(22):  # into the second epoch
+        straight.next_batch()
+    state = straight.state_dict()
+    resumed = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=1)  # the saved setting wins
+    resumed.load_state_dict(state)
+    for _ in range(40):  # across two more epoch boundaries
+        a, b = straight.next_batch(), resumed.next_batch()
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    old = {k: v for k, v in state.items() if k != "shift_windows"}  # a state saved before the option existed
+    resumed = DataLoader(dataset, micro_batch_size=4, seq_len=16, seed=1, shift_windows=True)
+    resumed.load_state_dict(old)
+    assert not resumed.shift_windows and all(s % 17 == 0 for _ in range(30) for s in starts(resumed.next_batch()))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_the_trainer_passes_train_shift_windows_to_its_loader(tmp_path, tiny_data, shift):
+    cfg = tiny_config(tmp_path / "run", tiny_data, *(["train.shift_windows=true"] if shift else []))
+    assert Trainer(cfg).loader.shift_windows is shift
