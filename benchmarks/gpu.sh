@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CUDA check and GPU benchmark in one run, for a machine with one NVIDIA GPU (about 8 minutes on an H200):
+# Every CUDA check and GPU benchmark in one run, for a machine with one NVIDIA GPU (about 7 minutes on an H200):
 #
 #     OUT=benchmarks/results/gpu bash benchmarks/gpu.sh
 #
