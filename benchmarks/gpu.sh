@@ -29,6 +29,7 @@ step() {  # step NAME SECONDS LOG COMMAND...: run with a time limit, log, and re
     timeout -k 10 "$limit" "$@" >>"$log" 2>&1
     local rc=$?
     echo "=== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log" "$OUT/summary.txt"
+    [ "$rc" -eq 0 ] || echo "$name" >>"$OUT/.failed"
 }
 
 {
@@ -39,8 +40,12 @@ step() {  # step NAME SECONDS LOG COMMAND...: run with a time limit, log, and re
 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 } >"$OUT/summary.txt" 2>&1
 
+rm -f "$OUT/.failed"
 # 1. Correctness: the CUDA tests and the CLI, side by side (neither is timed).
 if [ "$PARTS" != bench ]; then
+: >"$OUT/pytest.log"
+: >"$OUT/cli.log"
+rm -rf out/gpu-tiny out/gpu-tiny-fsdp  # fresh runs: an old one would resume at its end and train nothing
 step "pytest -m cuda" 240 "$OUT/pytest.log" $PY -m pytest -m cuda -p no:cacheprovider -q \
     tests/train/test_cuda.py tests/inference/test_generator.py tests/distributed/test_mixed_precision.py &
 (
@@ -56,8 +61,8 @@ fi
 
 # 2. Speed, one benchmark at a time.
 B="$OUT/bench.log"
-touch "$B" "$OUT/pytest.log" "$OUT/cli.log"
 if [ "$PARTS" != tests ]; then
+: >"$B"
 SEQ="train.device=cuda train.precision=bf16 train.compile=true train.parallel=none train.seq_len=2048 \
 model.max_seq_len=2048"
 step "train gpt2-small" 100 "$B" $PY benchmarks/train_throughput.py --config configs/gpt2-small.yaml $SEQ \
@@ -74,8 +79,15 @@ fi
 
 # The short version, last, so it is what a truncated terminal shows.
 {
-    echo "--- tests"; tail -n 15 "$OUT/pytest.log"
-    echo "--- cli"; grep -E "^===|val_loss|tokens/s|tok/s|error|Error" "$OUT/cli.log" | tail -n 25
-    echo "--- benchmarks"; grep -v "^\.\.\." "$B" | tail -n 60
+    if [ "$PARTS" != bench ]; then
+        echo "--- tests"; tail -n 15 "$OUT/pytest.log"
+        echo "--- cli"; grep -E "^===|val_loss|tokens/s|tok/s|error|Error" "$OUT/cli.log" | tail -n 25
+    fi
+    [ "$PARTS" = tests ] || { echo "--- benchmarks"; grep -v "^\.\.\." "$B" | tail -n 60; }
 } >>"$OUT/summary.txt" 2>&1
 cat "$OUT/summary.txt"
+if [ -s "$OUT/.failed" ]; then
+    echo "failed: $(paste -sd, "$OUT/.failed")"
+    rm -f "$OUT/.failed"
+    exit 1
+fi

@@ -180,6 +180,7 @@ def measure(cfg: Config, steps: int, warmup: int, peer_precisions: list[str]) ->
             mem_gb = torch.cuda.max_memory_allocated(device) / 2**30
         else:
             mem_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+        del run, data  # `run` still holds the last peer's step (its model and optimizer state)
         runners.clear()  # the peers' models and optimizer states: free their memory for the floor
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -52,6 +52,7 @@ class DataLoader:
             )
         self.cursor = 0  # stream position of the next micro batch (windows consumed by all ranks, all epochs)
         self._perms: dict[int, np.ndarray] = {}
+        self._offsets: dict[int, int] = {}
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
@@ -65,10 +66,14 @@ class DataLoader:
         offset in [0, window)."""
         if not self.shift_windows or epoch == 0:
             return 0
-        return int(np.random.Generator(np.random.PCG64([self.seed, epoch, 1])).integers(self.window))
+        if epoch not in self._offsets:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch, 1]))
+            self._offsets = {epoch: int(rng.integers(self.window))}  # one epoch at a time is all a batch needs
+        return self._offsets[epoch]
 
     def _train_window(self, start: int) -> np.ndarray:
-        """The window at `start` of the train stream, continuing at its beginning past its end."""
+        """The window at `start` of the train stream, continuing at its beginning past its end (every document
+        ends with EOS, so the seam is a document boundary, also for document masking)."""
         tail = self.n_tokens - start
         if tail >= self.window:
             return self.dataset.read("train", start, self.window)
@@ -131,7 +136,7 @@ class DataLoader:
             raise DataError(f"the saved loader position ({state['consumed']} windows into epoch {state['epoch']}) "
                             f"is not a whole number of micro batches of {self.micro_batch_size} x "
                             f"{self.world_size} rank(s)")
-        self.seed, self._perms, self.cursor = int(state["seed"]), {}, cursor
+        self.seed, self._perms, self._offsets, self.cursor = int(state["seed"]), {}, {}, cursor
         self.shift_windows = bool(state.get("shift_windows", False))
 
     def validation_batches(self, n_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -262,7 +262,11 @@ class Trainer:
         self.best_val_loss = state["best_val_loss"]
         self.skipped_steps = state["skipped_steps"]
         self.train_seconds = float(state.get("train_seconds", 0.0))  # absent in checkpoints before max_time
+        wanted = getattr(self.loader, "shift_windows", None)
         self.loader.load_state_dict(state["loader"])
+        if wanted is not None and wanted != self.loader.shift_windows:
+            self._info(f"warning: train.shift_windows={str(wanted).lower()} is ignored: the run resumes with the "
+                       f"windows it began with ({str(self.loader.shift_windows).lower()})")
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

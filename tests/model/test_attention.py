@@ -74,6 +74,9 @@ def test_attention_takes_sdpa_output_in_any_layout(make_config, monkeypatch, n_k
     cos, sin = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)(positions)
     mask = torch.ones(7, 7, dtype=torch.bool).tril()[None, None].expand(2, 1, 7, 7) if masked else None
     expected = attn(x, cos, sin, positions, mask)
+    # The mask path regroups the query heads: with a causal mask it must give the causal path's output exactly
+    # (a wrong head order would pass the layout check below, since it compares the code with itself).
+    torch.testing.assert_close(expected, attn(x, cos, sin, positions), rtol=0, atol=1e-6)
     monkeypatch.setattr("model.attention.F.scaled_dot_product_attention", sdpa_with_transposed_output)
     assert not sdpa_with_transposed_output(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4),
                                             torch.randn(1, 2, 3, 4)).is_contiguous()

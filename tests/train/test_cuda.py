@@ -49,7 +49,9 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
     fsdp = cfg.train.parallel == "fsdp"
     world = init_world(cfg.train.device, cfg.train.parallel) if fsdp else World()
     try:
-        state = build_engine(cfg, resolve_plan(cfg.train, world)).raw_model.state_dict()
+        model = build_engine(cfg, resolve_plan(cfg.train, world)).raw_model
+        assert not cfg.model.tie_embeddings or model.output.weight is model.tok_embeddings.weight  # still tied
+        state = model.state_dict()
         return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in state.items()}
     finally:
         if fsdp:
@@ -60,8 +62,10 @@ def initial_weights(cfg) -> dict[str, torch.Tensor]:
 def test_a_seed_gives_the_cpu_initial_weights_on_the_gpu(tmp_path, tiny_data, parallel):
     """The init is drawn on the CPU on every path, so a GPU run, plain or FSDP, starts where a CPU run does
     (the CUDA generator draws other numbers than the CPU's for the same seed)."""
-    cpu = initial_weights(tiny_config(tmp_path / "cpu", tiny_data, "train.device=cpu"))
-    gpu = initial_weights(tiny_config(tmp_path / "gpu", tiny_data, "train.device=cuda", f"train.parallel={parallel}"))
+    tied = "model.tie_embeddings=true"
+    cpu = initial_weights(tiny_config(tmp_path / "cpu", tiny_data, "train.device=cpu", tied))
+    gpu = initial_weights(tiny_config(tmp_path / "gpu", tiny_data, "train.device=cuda", tied,
+                                      f"train.parallel={parallel}"))
     assert cpu.keys() == gpu.keys()
     for name in cpu:
         assert torch.equal(cpu[name], gpu[name]), name

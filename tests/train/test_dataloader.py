@@ -17,7 +17,7 @@ from core.errors import DataError
 from data.dataset import TokenDataset, check_compatible
 from data.shards import FORMAT, HEADER_BYTES, MANIFEST, VERSION, SplitWriter
 from train.dataloader import DataLoader
-from train.trainer import Trainer
+from train.trainer import Trainer, train
 
 from .conftest import tiny_config
 
@@ -294,3 +294,12 @@ def test_shifted_windows_resume_exactly_and_stay_as_the_run_began(dataset):
 def test_the_trainer_passes_train_shift_windows_to_its_loader(tmp_path, tiny_data, shift):
     cfg = tiny_config(tmp_path / "run", tiny_data, *(["train.shift_windows=true"] if shift else []))
     assert Trainer(cfg).loader.shift_windows is shift
+
+
+def test_a_resumed_run_keeps_its_windows_and_says_so(tmp_path, tiny_data, capsys):
+    args = ("train.max_steps=4", "train.save_interval=2", "train.eval_interval=2", "train.stop_at_step=2")
+    train(tiny_config(tmp_path / "run", tiny_data, *args))
+    capsys.readouterr()
+    resumed = Trainer(tiny_config(tmp_path / "run", tiny_data, *args[:3], "train.shift_windows=true"))
+    assert resumed.step == 2 and resumed.loader.shift_windows is False
+    assert "train.shift_windows=true is ignored" in capsys.readouterr().out
