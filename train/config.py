@@ -190,6 +190,9 @@ class Config:
                 f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size "
                 f"({t.micro_batch_size}) x {world_size} data-parallel rank(s) = {per_step}"
             )
+        if self.data.format == "chat" and t.shift_windows:
+            raise ConfigError("train.shift_windows applies to pretraining windows; with data.format=chat every row "
+                              "holds whole conversations, so there are no windows to shift")
         if self.data.format == "chat" and not (self.data.tokenizer_dir or t.init_from):
             raise ConfigError("data.format=chat needs a tokenizer with chat markers: set train.init_from to the "
                               "checkpoint to fine-tune (see scripts/add_chat_tokens.py) or data.tokenizer_dir")

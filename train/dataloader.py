@@ -41,8 +41,7 @@ class DataLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.document_masking, self.shift_windows = document_masking, shift_windows
         self.window = seq_len + 1
-        self.n_tokens = dataset.num_tokens("train")
-        self.n_windows = self.n_tokens // self.window
+        self.n_windows = dataset.num_tokens("train") // self.window
         self.windows_per_step = micro_batch_size * world_size  # windows consumed by one micro batch on all ranks
         self.batches_per_epoch = self.n_windows // self.windows_per_step  # whole micro batches in one epoch
         if self.batches_per_epoch == 0:
@@ -71,20 +70,17 @@ class DataLoader:
             self._offsets = {epoch: int(rng.integers(self.window))}  # one epoch at a time is all a batch needs
         return self._offsets[epoch]
 
-    def _train_window(self, start: int) -> np.ndarray:
-        """The window at `start` of the train stream, continuing at its beginning past its end (every document
-        ends with EOS, so the seam is a document boundary, also for document masking)."""
-        tail = self.n_tokens - start
+    def _window(self, split: str, start: int) -> np.ndarray:
+        """The window at `start` of a split's stream, continuing at its beginning past its end (only shifted train
+        windows get there; every document ends with EOS, so the seam is a document boundary, also for document
+        masking)."""
+        tail = self.dataset.num_tokens(split) - start
         if tail >= self.window:
-            return self.dataset.read("train", start, self.window)
-        head = self.dataset.read("train", 0, self.window - tail)
-        return np.concatenate([self.dataset.read("train", start, tail), head])
+            return self.dataset.read(split, start, self.window)
+        return np.concatenate([self.dataset.read(split, start, tail), self.dataset.read(split, 0, self.window - tail)])
 
-    def _batch(self, split: str, window_ids: np.ndarray, starts: list[int] | None = None) -> tuple[torch.Tensor, ...]:
-        if starts is None:
-            rows = np.stack([self.dataset.read(split, int(w) * self.window, self.window) for w in window_ids])
-        else:
-            rows = np.stack([self._train_window(s) for s in starts])
+    def _batch(self, split: str, starts) -> tuple[torch.Tensor, ...]:
+        rows = np.stack([self._window(split, int(s)) for s in starts])
         rows = torch.from_numpy(rows.astype(np.int64))
         x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
         if self.document_masking:  # (x, y, doc_ids): attention stays inside each document of a window
@@ -95,12 +91,9 @@ class DataLoader:
         """The next (x, y) micro batch of this rank; a new epoch starts with a new permutation."""
         positions = range(self.cursor + self.rank, self.cursor + self.windows_per_step, self.world_size)
         epochs = [p // self.n_windows for p in positions]
-        ids = np.array([self._permutation(e)[p % self.n_windows] for e, p in zip(epochs, positions, strict=True)])
         self.cursor += self.windows_per_step
-        if not self.shift_windows:
-            return self._batch("train", ids)
-        starts = [self.offset(e) + int(w) * self.window for e, w in zip(epochs, ids, strict=True)]
-        return self._batch("train", ids, starts)
+        return self._batch("train", [self.offset(e) + int(self._permutation(e)[p % self.n_windows]) * self.window
+                                     for e, p in zip(epochs, positions, strict=True)])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -158,4 +151,4 @@ class DataLoader:
         chosen = np.arange(total, dtype=np.int64) * n_val // total  # strictly increasing since total <= n_val
         for b in range(total // step):
             first = b * step + self.rank
-            yield self._batch("val", chosen[first : first + step : self.world_size])
+            yield self._batch("val", chosen[first : first + step : self.world_size] * self.window)

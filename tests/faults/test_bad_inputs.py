@@ -1,7 +1,7 @@
 """Every bad input to every command: exactly one `error:` line naming the bad key, flag, path or value, exit code
 2, no traceback, and nothing created or changed on disk.
 
-Rows: 163 bad inputs (run_train.py 52, run_inference.py 31, convert_hf.py 31, prepare_data.py 28,
+Rows: 164 bad inputs (run_train.py 53, run_inference.py 31, convert_hf.py 31, prepare_data.py 28,
 train_tokenizer.py 13, plot_logs.py 8).
 
 Each row runs the real command in a subprocess from the repo root, against the shared read-only `world`
@@ -167,6 +167,9 @@ CASES: list[Case] = [
     train("train.init_from=$tmp/nowhere", expect=["$tmp/nowhere"], id="train-init-from-missing"),
     train("data.format=chat", "data.sources=[$tmp/c.jsonl]", files={"c.jsonl": '{"prompt": "a", "completion": "b"}\n'},
           expect=["data.format=chat needs a tokenizer", "train.init_from"], id="train-chat-without-tokenizer"),
+    train("data.format=chat", "train.init_from=$ckpt", "train.shift_windows=true", "data.sources=[$tmp/c.jsonl]",
+          files={"c.jsonl": '{"prompt": "a", "completion": "b"}\n'}, expect=["train.shift_windows", "data.format=chat"],
+          id="train-chat-with-shift-windows"),
     train("data.format=chat", "train.init_from=$ckpt", "data.dataset_dir=$tmp/ds",
           expect=["data.sources", "is a plain text file; conversations come as .jsonl"],
           id="train-chat-with-pretraining-sources"),
